@@ -1,0 +1,30 @@
+# The two set-up commands of the README: `make run` (install + the demo) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU build of PyTorch that lies on this machine's disk (a plain `torch` may pull a CUDA build of several GB).
+TORCH ?= torch==2.13.0
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/dlm demo
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/matmul_peak.py
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

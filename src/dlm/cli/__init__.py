@@ -1,0 +1,131 @@
+"""The `dlm` command: train, eval, generate, infill, demo.
+
+Every command takes --json for one machine-readable JSON object on stdout; messages and
+progress go to stderr. Bad input ends with a one-line message and exit status 1 (2 for
+malformed command lines, 130 for an interrupt), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+from dlm import __version__
+from dlm.errors import DlmError
+
+COMMANDS = ("train", "eval", "generate", "infill", "demo")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    from dlm.sampling import SAMPLERS
+
+    p.add_argument("checkpoint", metavar="DIR", help="a run folder or checkpoint folder written by `dlm train`")
+    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: one per token)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
+                   help="default: the process's own (confidence for masked diffusion)")
+    p.add_argument("--block-length", type=positive_int, default=None,
+                   help="semi-autoregressive blocks of this many tokens (confidence sampler)")
+    p.add_argument("--temperature", type=non_negative_float, default=None,
+                   help="0 = greedy; default: 0 for confidence (as LLaDA), 1 for ancestral")
+    p.add_argument("--top-k", type=positive_int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=positive_int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--no-live", action="store_true", help="do not draw the denoising on the terminal")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlm", description="Diffusion language models: train, evaluate, "
+                                     "generate and infill text by iterative denoising.")
+    parser.add_argument("--version", action="version", version=f"dlm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    from dlm.cli.train import add_arguments as train_arguments
+    train_arguments(sub.add_parser("train", help="train a model (or resume a run)",
+                                   description="Train a diffusion LM on a corpus; checkpoints go to --out."))
+
+    p = sub.add_parser("eval", help="validation bits/char (NELBO bound) of a checkpoint",
+                       description="Monte-Carlo NELBO of a checkpoint on held-out text, in bits per character "
+                                   "and per token, with its standard error.")
+    p.add_argument("checkpoint", metavar="DIR")
+    p.add_argument("--data", default=None, help="corpus (default: the one the model was trained on)")
+    p.add_argument("--chunks", type=int, default=0, help="validation chunks to use, evenly spaced (0 = all)")
+    p.add_argument("--samples", type=positive_int, default=4, help="Monte-Carlo time samples per chunk")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("generate", help="generate text after a prompt",
+                       description="Generate text by denoising a canvas of masked positions after the prompt.")
+    add_sampling_arguments(p)
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text to continue; repeat for a batch of prompts (leave out for unconditional text)")
+    p.add_argument("--length", type=int, default=64, help="tokens to generate (default 64)")
+
+    p = sub.add_parser("infill", help="fill marked spans inside a text",
+                       description="Regenerate only the spans marked <fill:N> (N tokens each); all other "
+                                   "text comes back byte for byte.")
+    add_sampling_arguments(p)
+    p.add_argument("--text", required=True, help="e.g. 'Friends, Romans, <fill:12>, lend me your ears'")
+
+    p = sub.add_parser("demo", help="train (or reuse) the default model, then sample and infill live",
+                       description="The main job: trains the tiny model on the bundled Shakespeare for a few "
+                                   "minutes (cached), reports bits/char, shows a generation and an infill.")
+    p.add_argument("--minutes", type=non_negative_float, default=None, help="training budget (default 3.5)")
+    p.add_argument("--cache", default=None, help="where the demo model lives (default ~/.cache/dlm/demo)")
+    p.add_argument("--retrain", action="store_true", help="ignore a cached model")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def emit_json(payload: dict) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        from importlib import import_module
+
+        module = {"train": "train", "eval": "evaluate", "generate": "sample", "infill": "sample",
+                  "demo": "demo"}[args.command]
+        return import_module(f"dlm.cli.{module}").run(args) or 0
+    except DlmError as e:
+        print(f"dlm {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"dlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)

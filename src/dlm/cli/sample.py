@@ -1,0 +1,109 @@
+"""`dlm generate` and `dlm infill`: build a Canvas at the edge, run a sampler, print text."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+
+import torch
+
+from dlm.errors import DlmError
+from dlm.sampling import SAMPLERS, Canvas, infill_canvas, parse_template
+from dlm.training.checkpoint import Checkpoint, load_checkpoint
+from dlm.training.performance import resolve_device
+
+DEFAULT_TEMPERATURE = {"confidence": 0.0, "ancestral": 1.0}
+
+
+def sampler_call(args: argparse.Namespace, ckpt: Checkpoint, canvas: Canvas, generated: int, callback=None):
+    """Run the chosen sampler with the knobs the user gave; refuse knobs it does not take."""
+    name = args.sampler or getattr(ckpt.process, "default_sampler", "confidence")
+    sampler = SAMPLERS[name]
+    knobs = {"block_length": args.block_length, "top_k": args.top_k, "top_p": args.top_p}
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    accepted = inspect.signature(sampler).parameters
+    refused = [k for k in knobs if k not in accepted]
+    if refused:
+        raise DlmError(f"the {name} sampler does not take {', '.join('--' + k.replace('_', '-') for k in refused)}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise DlmError(f"--top-p must be in (0, 1], got {args.top_p}")
+    steps = args.steps or max(generated, 1)
+    temperature = DEFAULT_TEMPERATURE.get(name, 1.0) if args.temperature is None else args.temperature
+    generator = torch.Generator(device=canvas.tokens.device).manual_seed(args.seed)
+    try:
+        return sampler(ckpt.model, ckpt.process, canvas, steps=steps, temperature=temperature, generator=generator,
+                       callback=callback, **knobs), name, steps, temperature
+    except ValueError as e:  # knob combinations the sampler rejects (e.g. fewer steps than blocks)
+        raise DlmError(str(e)) from None
+
+
+def check_fits(ckpt: Checkpoint, total: int, what: str) -> None:
+    if total > ckpt.context_length:
+        raise DlmError(f"{what} need {total} tokens, more than the model's context of {ckpt.context_length}; "
+                       f"shorten the text or generate fewer tokens")
+
+
+def live_view(args: argparse.Namespace, ckpt: Checkpoint, canvas: Canvas, title: str):
+    if args.json or args.no_live or not sys.stdout.isatty():
+        return None
+    from dlm.cli.terminal import LiveView
+
+    return LiveView(ckpt.tokenizer, canvas, title=title)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, device=device)
+    tok = ckpt.tokenizer
+    if args.command == "generate":
+        if args.length <= 0:
+            raise DlmError(f"--length must be 1 or more, got {args.length}")
+        prompts = args.prompt if args.prompt is not None else [""]
+        if args.prompt is not None and any(p == "" for p in args.prompt):
+            raise DlmError("a --prompt is empty; leave out --prompt for unconditional generation")
+        prompt_ids = [tok.encode(p) for p in prompts]
+        longest = max(len(p) for p in prompt_ids)
+        check_fits(ckpt, longest + args.length, f"the prompt ({longest} tokens) and --length {args.length}")
+        rows = [ids for ids in prompt_ids for _ in range(args.num_samples)]
+        canvas = Canvas.for_generation(rows, args.length, fill_id=tok.mask_id, pad_id=tok.pad_id, device=device)
+        generated = args.length
+        finish = lambda tokens, b: prompts[b // args.num_samples] + tok.decode(canvas.generated(tokens, b))  # noqa: E731
+        texts_key = "samples"
+    else:
+        pieces = parse_template(args.text)
+        infill = infill_canvas(pieces, tok, num_samples=args.num_samples, device=device)
+        canvas = infill.canvas
+        check_fits(ckpt, canvas.shape[1], "the text and its spans")
+        generated = sum(p for p in pieces if isinstance(p, int))
+        finish = lambda tokens, b: infill.assemble(tokens, tok, row=b)  # noqa: E731
+        texts_key = "texts"
+
+    view = live_view(args, ckpt, canvas, title=f"dlm {args.command}")
+    if view is not None:
+        with view:
+            out, name, steps, temperature = sampler_call(args, ckpt, canvas, generated, callback=view)
+    else:
+        out, name, steps, temperature = sampler_call(args, ckpt, canvas, generated)
+    texts = [finish(out.tokens, b) for b in range(canvas.shape[0])]
+    total_generated = generated * canvas.shape[0]
+    payload = {texts_key: texts, "nfe": out.nfe, "steps": steps, "seconds": out.seconds,
+               "tokens_per_second": total_generated / max(out.seconds, 1e-9),
+               "tokens_per_forward": out.tokens_per_forward, "sampler": name, "temperature": temperature,
+               "seed": args.seed}
+    if args.command == "infill":
+        payload["text"] = texts[0]
+    if args.json:
+        from dlm.cli import emit_json
+
+        emit_json(payload)
+        return 0
+    if view is None:
+        for i, text in enumerate(texts):
+            if len(texts) > 1:
+                print(f"--- sample {i + 1}")
+            print(text)
+    print(f"[{name} sampler: {steps} steps, {out.nfe} forward passes, {out.seconds:.2f} s, "
+          f"{payload['tokens_per_second']:.0f} tokens/s, {out.tokens_per_forward:.2f} tokens per forward]",
+          file=sys.stderr)
+    return 0

@@ -1,0 +1,134 @@
+"""Tokenizers: character level and byte-level BPE, both stored as a Hugging Face `tokenizer.json`.
+
+Both carry four explicit special tokens (mask, pad, eos, bos); their ids are looked up here
+and handed to the processes, so no library code hard-codes a token id. Text typed by a user
+never turns into a special token: ``"<|mask|>"`` in a prompt is seven ordinary characters.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Iterable, Sequence
+
+from dlm.errors import DlmError
+
+MASK, PAD, EOS, BOS = "<|mask|>", "<|pad|>", "<|endoftext|>", "<|startoftext|>"
+SPECIAL_TOKENS = (MASK, PAD, EOS, BOS)
+KINDS = ("char", "bpe")
+
+
+class UnknownCharacterError(DlmError):
+    """A character the character-level vocabulary has never seen."""
+
+
+class Tokenizer:
+    """Thin wrapper over a `tokenizers.Tokenizer` that knows its special ids and its kind."""
+
+    def __init__(self, backend, kind: str):
+        if kind not in KINDS:
+            raise ValueError(f"tokenizer kind must be one of {KINDS}, got {kind!r}")
+        self.backend = backend
+        self.kind = kind
+        # Text is text: never parse "<|mask|>" typed by a user as the mask token.
+        self.backend.encode_special_tokens = True
+        ids = {tok: backend.token_to_id(tok) for tok in SPECIAL_TOKENS}
+        missing = [tok for tok, i in ids.items() if i is None]
+        if missing:
+            raise DlmError(f"tokenizer lacks the special tokens {missing}; it was not made by dlm")
+        self.mask_id, self.pad_id, self.eos_id, self.bos_id = (ids[t] for t in SPECIAL_TOKENS)
+        self.specials = {"mask": self.mask_id, "pad": self.pad_id, "eos": self.eos_id, "bos": self.bos_id}
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        self._alphabet = (frozenset(t for t in backend.get_vocab() if t not in SPECIAL_TOKENS)
+                          if kind == "char" else None)
+
+    # -- encoding ---------------------------------------------------------------------
+    def check_text(self, text: str) -> None:
+        """Raise UnknownCharacterError naming the first character the vocabulary lacks."""
+        if self._alphabet is None:
+            return  # byte-level BPE encodes every string
+        unknown = set(text) - self._alphabet
+        if unknown:
+            first = min(text.index(c) for c in unknown)
+            ch = text[first]
+            others = sorted(unknown - {ch})
+            more = f" (and {len(others)} more: {''.join(others)[:20]!r})" if others else ""
+            raise UnknownCharacterError(
+                f"character {ch!r} (U+{ord(ch):04X}) at position {first} is not in this model's "
+                f"character vocabulary{more}; remove or replace it, or train with a tokenizer that "
+                f"covers it (e.g. --tokenizer bpe)")
+
+    def encode(self, text: str) -> list[int]:
+        self.check_text(text)
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        for text in texts:
+            self.check_text(text)
+        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+    def token_text(self, token_id: int) -> str:
+        """How one token reads on its own (for views that draw the canvas token by token)."""
+        return self.backend.decode([int(token_id)], skip_special_tokens=False)
+
+    # -- files ------------------------------------------------------------------------
+    def save(self, path: str | pathlib.Path) -> None:
+        self.backend.save(str(path))
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path) -> "Tokenizer":
+        from tokenizers import Tokenizer as Backend
+
+        path = pathlib.Path(path)
+        try:
+            backend = Backend.from_file(str(path))
+            model_type = json.loads(path.read_text())["model"]["type"]
+        except Exception as e:  # a damaged or foreign file: say which and why
+            raise DlmError(f"cannot read the tokenizer {path}: {e}") from None
+        kind = {"WordLevel": "char", "BPE": "bpe"}.get(model_type)
+        if kind is None:
+            raise DlmError(f"{path} holds a {model_type} tokenizer; dlm reads char (WordLevel) and BPE ones")
+        return cls(backend, kind)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+def train_char_tokenizer(texts: Iterable[str]) -> Tokenizer:
+    """One token per character seen in `texts` (sorted by code point), after the specials."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
+
+    alphabet = sorted(set().union(*(set(t) for t in texts)))
+    if not alphabet:
+        raise DlmError("cannot build a character vocabulary from empty text")
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    vocab.update({ch: len(SPECIAL_TOKENS) + i for i, ch in enumerate(alphabet)})
+    backend = Backend(models.WordLevel(vocab, unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    return Tokenizer(backend, "char")
+
+
+def train_bpe_tokenizer(texts: Iterable[str], *, vocab_size: int = 4096) -> Tokenizer:
+    """Byte-level BPE (GPT-2 style) trained locally with the `tokenizers` library."""
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as Backend
+
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise DlmError(f"a byte-level BPE vocabulary needs at least {256 + len(SPECIAL_TOKENS)} tokens, "
+                       f"got {vocab_size}")
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(texts, trainer)
+    return Tokenizer(backend, "bpe")
+
+
+TOKENIZERS = {"char": train_char_tokenizer, "bpe": train_bpe_tokenizer}

@@ -1,0 +1,69 @@
+"""What every forward process shares: the Denoiser and ForwardProcess interfaces, the loss
+record, low-discrepancy time sampling and float64 Gumbel-max categorical sampling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+class Denoiser(Protocol):
+    def __call__(self, x_t: Tensor, t: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
+        """x_t (B, L) token ids, t (B,) in [0, 1] -> logits over the clean token (B, L, V)."""
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor  # () the training objective to minimise
+    nelbo: Tensor  # (B,) NELBO of each sequence in nats: a one-sample Monte-Carlo estimate
+    num_tokens: Tensor  # (B,) positions each sequence is scored on (the NELBO covers these)
+
+
+class ForwardProcess(Protocol):
+    name: str
+
+    def prior(self, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
+              device: torch.device | str = "cpu") -> Tensor: ...
+
+    def corrupt(self, x0: Tensor, t: Tensor, *, loss_mask: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Tensor: ...
+
+    def loss(self, denoiser: Denoiser, x0: Tensor, *, loss_mask: Tensor | None = None,
+             attention_mask: Tensor | None = None, t: Tensor | None = None,
+             generator: torch.Generator | None = None) -> LossOutput: ...
+
+    def x0_logits(self, logits: Tensor) -> Tensor:
+        """The denoiser's logits as a distribution over clean tokens (e.g. no [MASK])."""
+
+    def step(self, x_t: Tensor, logits: Tensor, t: Tensor, s: Tensor, *,
+             generator: torch.Generator | None = None) -> Tensor: ...
+
+
+def low_discrepancy_times(batch_size: int, *, eps: float = 1e-3, generator: torch.Generator | None = None,
+                          device: torch.device | str = "cpu") -> Tensor:
+    """Stratified times t_i = eps + (1 - eps) ((u + i/B) mod 1), one u ~ U[0, 1) per batch
+    (Kingma et al., Variational Diffusion Models, 2021, app. I.1; MDLM sec. 3.5.1).
+
+    Each t_i is still uniform on [eps, 1], but the batch covers the interval evenly, which cuts
+    the variance of the NELBO estimate. eps keeps the 1/t weight of the linear schedule finite.
+    """
+    u = torch.rand((), generator=generator, device=device, dtype=torch.float64)
+    t = (u + torch.arange(batch_size, device=device, dtype=torch.float64) / batch_size) % 1.0  # (B,)
+    return (eps + (1.0 - eps) * t).float()
+
+
+def gumbel_noise(shape: tuple[int, ...], *, generator: torch.Generator | None, device) -> Tensor:
+    """Standard Gumbel noise -log(-log u) in float64: float32 noise truncates the tail and
+    measurably lowers diversity (Zheng et al., 2024, "Masked diffusion models are secretly
+    time-agnostic masked models and exploit inaccurate categorical sampling")."""
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    return -torch.log(-torch.log(u.clamp_min(1e-300)))
+
+
+def sample_categorical(logits: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """One draw from softmax(logits) over the last axis by float64 Gumbel-max; (..., V) -> (...)."""
+    g = gumbel_noise(tuple(logits.shape), generator=generator, device=logits.device)
+    return (logits.double() + g).argmax(dim=-1)

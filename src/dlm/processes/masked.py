@@ -1,0 +1,137 @@
+"""Masked (absorbing-state) diffusion: MDLM (Sahoo et al., 2024), MD4 (Shi et al., 2024), LLaDA.
+
+Forward: each token independently becomes [MASK] with probability 1 - alpha(t) and stays
+masked. Reverse: the denoiser predicts the clean token at masked positions; unmasked tokens
+are carried over unchanged and the mask token gets zero probability (MDLM's SUBS
+parameterisation, sec. 3.2).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dlm.processes.base import Denoiser, LossOutput, low_discrepancy_times, sample_categorical
+from dlm.schedules import LinearSchedule, Schedule, make_schedule, schedule_to_dict
+
+OBJECTIVES = ("nelbo", "normalized")
+
+
+class MaskedDiffusion:
+    name = "masked"
+    attention = "bidirectional"  # the denoiser sees the whole canvas
+
+    def __init__(self, *, vocab_size: int, mask_id: int, schedule: Schedule | None = None,
+                 time_eps: float = 1e-3, objective: str = "nelbo"):
+        """vocab_size and mask_id come from the tokenizer. `objective` is what training
+        minimises: "nelbo" (the exact bound, weight -alpha'/(1 - alpha)) or "normalized"
+        (1 - alpha replaced by the fraction of the sequence actually masked: much lower
+        variance, because a sequence with t near 0 no longer gets a weight near 1/t; it
+        scores nothing when no token is masked, so it is a training objective, not a bound:
+        for the linear schedule its expectation is the NELBO times 1 - 1/(L + 1)).
+        Evaluation always reports the exact NELBO."""
+        if not 0 <= mask_id < vocab_size:
+            raise ValueError(f"mask_id {mask_id} is outside the vocabulary of {vocab_size}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.vocab_size = vocab_size
+        self.mask_id = mask_id
+        self.schedule = schedule or LinearSchedule()
+        self.time_eps = time_eps
+        self.objective = objective
+
+    def __repr__(self) -> str:
+        return f"MaskedDiffusion(schedule={self.schedule}, objective={self.objective!r})"
+
+    def config(self) -> dict:
+        """What a checkpoint stores; token ids are not stored: they come from the tokenizer."""
+        return {"name": self.name, "schedule": schedule_to_dict(self.schedule), "time_eps": self.time_eps,
+                "objective": self.objective}
+
+    @classmethod
+    def from_config(cls, config: dict, *, vocab_size: int, special_ids: dict[str, int]) -> "MaskedDiffusion":
+        """Inverse of config(); special_ids maps "mask" (and others) to the tokenizer's ids."""
+        return cls(vocab_size=vocab_size, mask_id=special_ids["mask"],
+                   schedule=make_schedule(**config.get("schedule", {"name": "linear"})),
+                   time_eps=config.get("time_eps", 1e-3), objective=config.get("objective", "nelbo"))
+
+    # -- forward process --------------------------------------------------------------
+    def prior(self, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
+              device: torch.device | str = "cpu") -> Tensor:
+        """x_1: every position masked (the absorbing state needs no randomness)."""
+        return torch.full(shape, self.mask_id, dtype=torch.long, device=device)
+
+    def corrupt(self, x0: Tensor, t: Tensor, *, loss_mask: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        """x_t ~ q(x_t | x_0) = Cat(alpha_t x_0 + (1 - alpha_t) m)  (MDLM eq. 2), per token.
+        x0 (B, L), t (B,); positions where loss_mask is False are never masked."""
+        alpha = self.schedule.alpha(t.double())[:, None]  # (B, 1)
+        u = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64)  # (B, L)
+        masked = u >= alpha  # P(masked) = 1 - alpha_t
+        if loss_mask is not None:
+            masked &= loss_mask
+        return torch.where(masked, self.mask_id, x0)
+
+    # -- denoiser output --------------------------------------------------------------
+    def x0_logits(self, logits: Tensor) -> Tensor:
+        """Logits of p_theta(x_0 | x_t) in float32 with zero probability on [MASK] (SUBS)."""
+        banned = torch.tensor([self.mask_id], device=logits.device)
+        return logits.float().index_fill(-1, banned, float("-inf"))
+
+    # -- objective --------------------------------------------------------------------
+    def nelbo_weight(self, t: Tensor) -> Tensor:
+        """-alpha'(t) / (1 - alpha(t)): the continuous-time NELBO weight (MDLM eq. 10)."""
+        t = t.double()
+        return -self.schedule.alpha_prime(t) / (1.0 - self.schedule.alpha(t))
+
+    def loss(self, denoiser: Denoiser, x0: Tensor, *, loss_mask: Tensor | None = None,
+             attention_mask: Tensor | None = None, t: Tensor | None = None,
+             generator: torch.Generator | None = None) -> LossOutput:
+        """NELBO = E_t [ -alpha'(t)/(1 - alpha(t)) sum_{l masked} -log p_theta(x0_l | x_t) ]
+        (MDLM eq. 10, MD4 eq. 5), one t per sequence, low-discrepancy across the batch.
+        x0 (B, L); loss_mask (B, L) bool: False positions (prompt, padding) are neither
+        noised nor scored; attention_mask (B, L) bool: False for padding."""
+        B, L = x0.shape
+        if loss_mask is None:
+            loss_mask = torch.ones_like(x0, dtype=torch.bool)
+        if t is None:
+            t = low_discrepancy_times(B, eps=self.time_eps, generator=generator, device=x0.device)  # (B,)
+        x_t = self.corrupt(x0, t, loss_mask=loss_mask, generator=generator)  # (B, L)
+        masked = x_t == self.mask_id  # (B, L): only these are scored; the rest are carried over
+        logits = denoiser(x_t, t, attention_mask=attention_mask)  # (B, L, V)
+
+        # Cross-entropy at masked positions only: (N_masked, V) rather than (B, L, V).
+        ce = F.cross_entropy(self.x0_logits(logits[masked]), x0[masked], reduction="none")  # (N_masked,)
+        row = masked.nonzero()[:, 0]  # (N_masked,) which sequence each masked token is in
+        ce_sum = torch.zeros(B, device=x0.device, dtype=torch.float64).index_add_(0, row, ce.double())  # (B,)
+
+        num_tokens = loss_mask.sum(dim=1)  # (B,)
+        nelbo = self.nelbo_weight(t) * ce_sum  # (B,) nats
+        if self.objective == "nelbo":
+            weights = self.nelbo_weight(t)
+        else:  # "normalized": replace 1 - alpha(t) by the fraction of scored tokens actually masked
+            weights = -self.schedule.alpha_prime(t.double()) * num_tokens / masked.sum(1).clamp(min=1)
+        per_seq = weights[row] * ce.double()  # (N_masked,)
+        loss = (per_seq.sum() / num_tokens.sum().clamp(min=1)).float()
+        return LossOutput(loss=loss, nelbo=nelbo, num_tokens=num_tokens)
+
+    # -- reverse process --------------------------------------------------------------
+    def unmask_probability(self, t: Tensor, s: Tensor) -> Tensor:
+        """P(a masked token at time t is unmasked by time s < t) = (alpha_s - alpha_t) / (1 - alpha_t)
+        (MDLM eq. 7, the D3PM posterior of the absorbing process); (B,) -> (B,)."""
+        a_t, a_s = self.schedule.alpha(t.double()), self.schedule.alpha(s.double())
+        return ((a_s - a_t) / (1.0 - a_t)).clamp(0.0, 1.0)
+
+    def step(self, x_t: Tensor, logits: Tensor, t: Tensor, s: Tensor, *,
+             generator: torch.Generator | None = None) -> Tensor:
+        """x_s ~ q(x_s | x_t, x0 ~ p_theta): each masked token is revealed with probability
+        (alpha_s - alpha_t)/(1 - alpha_t) as a draw from p_theta(x0 | x_t); unmasked tokens stay.
+        x_t (B, L); logits (B, L, V) (already tempered/filtered by the sampler); t, s (B,)."""
+        is_mask = x_t == self.mask_id  # (B, L)
+        rho = self.unmask_probability(t, s)[:, None]  # (B, 1)
+        u = torch.rand(x_t.shape, generator=generator, device=x_t.device, dtype=torch.float64)
+        reveal = is_mask & (u < rho)  # (B, L)
+        x_s = x_t.clone()
+        x_s[reveal] = sample_categorical(self.x0_logits(logits[reveal]), generator=generator)  # (N_reveal,)
+        return x_s

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny tokenizers and models built in the test, never downloaded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dlm.data import train_char_tokenizer
+from dlm.models import ModelConfig, Transformer
+from dlm.processes import MaskedDiffusion
+
+TEXT = (
+    "To be, or not to be, that is the question:\n"
+    "Whether 'tis nobler in the mind to suffer\n"
+    "The slings and arrows of outrageous fortune,\n"
+    "Or to take arms against a sea of troubles\n"
+    "And by opposing end them. To die-to sleep,\n"
+    "No more; and by a sleep to say we end\n"
+    "The heart-ache and the thousand natural shocks\n"
+    "That flesh is heir to: 'tis a consummation\n"
+    "Devoutly to be wish'd. To die, to sleep;\n"
+    "To sleep, perchance to dream-ay, there's the rub.\n"
+)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_char_tokenizer([TEXT])
+
+
+def tiny_model(vocab_size: int, *, seed: int = 0, **overrides) -> Transformer:
+    torch.manual_seed(seed)
+    config = dict(vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=2, max_len=128)
+    config.update(overrides)
+    return Transformer(ModelConfig(**config)).eval()
+
+
+@pytest.fixture
+def model(tokenizer):
+    return tiny_model(tokenizer.vocab_size)
+
+
+@pytest.fixture
+def process(tokenizer):
+    return MaskedDiffusion(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id)
+
+
+class CountingDenoiser:
+    """Wraps a denoiser and counts forward passes (a batched call counts once)."""
+
+    def __init__(self, denoiser, time_conditioned: bool | None = None):
+        self.denoiser = denoiser
+        self.calls = 0
+        self.time_conditioned = (getattr(denoiser, "time_conditioned", True) if time_conditioned is None
+                                 else time_conditioned)
+
+    def __call__(self, x_t, t, *, attention_mask=None):
+        self.calls += 1
+        return self.denoiser(x_t, t, attention_mask=attention_mask)
+
+
+def write_corpus(path, repeats: int = 40) -> str:
+    """A small .txt corpus (about 25 KB) for training tests."""
+    path.write_text(TEXT * repeats)
+    return str(path)

@@ -1,0 +1,56 @@
+"""The README's examples run as written (against a small run trained here instead of a 5-minute one)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dlm.cli import main
+
+from conftest import write_corpus
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder with runs/shakespeare: the README's `dlm train` line, shortened to a few steps
+    on the bundled corpus (the flags after the README's are ours)."""
+    root = tmp_path_factory.mktemp("readme")
+    train = next(line for line in blocks("bash")[1].splitlines() if line.startswith("dlm train"))
+    argv = shlex.split(train)[1:]
+    argv = [a for a in argv if a not in ("--minutes", "5")]  # the budget is the one change
+    argv += ["--steps", "3", "--seq-len", "256", "--batch-size", "4", "--eval-chunks", "2", "--final-eval-chunks",
+             "2", "--no-compile", "--no-progress", "--out", str(root / "runs" / "shakespeare")]
+    assert main(argv) == 0
+    return root
+
+
+def test_cli_examples_run_as_written(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    text = blocks("bash")[1].replace("\\\n", " ")
+    commands = [line for line in text.splitlines() if line.startswith("dlm ") and not line.startswith("dlm train")]
+    assert len(commands) >= 5
+    for command in commands:
+        assert main(shlex.split(command)[1:]) == 0, command
+
+
+def test_python_example_runs_as_written(workdir):
+    code = blocks("python")[0]
+    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "forward passes" in out.stdout
+
+
+def test_readme_names_the_two_setup_commands():
+    text = README.read_text()
+    assert "make run" in text and "make test" in text

@@ -1,0 +1,144 @@
+"""The training loop: a run, an exact resume, a NaN stop that keeps the last good checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dlm.errors import DlmError
+from dlm.processes import MaskedDiffusion
+from dlm.training import TrainConfig, TrainingDiverged, load_checkpoint, train
+from dlm.training.checkpoint import load_training_state, resolve
+
+from conftest import write_corpus
+
+
+@pytest.fixture
+def config(tmp_path):
+    data = write_corpus(tmp_path / "corpus.txt")
+    return TrainConfig(out=str(tmp_path / "run"), data=data, preset="tiny", seq_len=32, batch_size=8, steps=6,
+                       warmup_steps=2, eval_every=3, eval_chunks=4, final_eval_chunks=8, eval_samples=2,
+                       log_every=1, compile=False, precision="fp32")
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_writes_checkpoints_metrics_and_a_bound(config, tmp_path):
+    result = train(config, progress=False)
+    assert result.step == 6 and len(result.losses) == 6 and result.stopped == "completed"
+    folder = resolve(config.out)
+    assert folder.name == "checkpoint-000006"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "training_state.pt"):
+        assert (folder / name).exists()
+    assert not list((tmp_path / "run").glob(".*tmp")), "no temporary folder is left behind"
+    assert len(list((tmp_path / "run").glob("checkpoint-*"))) == 1  # older checkpoints are pruned
+    ckpt = load_checkpoint(config.out)
+    assert ckpt.step == 6 and ckpt.metrics["final"] is True
+    assert 0 < ckpt.metrics["val_bits_per_char"] < 8 and ckpt.metrics["val_stderr"] > 0
+    records = metrics(tmp_path / "run")
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records if "val_bits_per_char" in r] == [3, 6]
+
+
+def test_resume_continues_exactly(config, tmp_path, monkeypatch):
+    full = train(replace(config, out=str(tmp_path / "full")), progress=False)
+
+    # Ctrl-C arrives during step 5: the step completes, step 5 is saved, training stops.
+    calls = {"n": 0}
+    original = MaskedDiffusion.loss
+
+    def interrupt_during_step_5(self, *args, **kwargs):
+        calls["n"] += torch.is_grad_enabled()  # training steps only, not validation
+        if calls["n"] == 5 and torch.is_grad_enabled():
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MaskedDiffusion, "loss", interrupt_during_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.setattr(MaskedDiffusion, "loss", original)
+    assert resolve(config.out).name == "checkpoint-000005"
+
+    resumed = train(replace(config, lr=123.0), resume=True, progress=False)  # stored settings win
+    assert resumed.losses == full.losses[5:], "the loss curve continues as if never interrupted"
+    assert resumed.validation["val_bits_per_char"] == full.validation["val_bits_per_char"]
+    a = load_checkpoint(full.run_dir).model.state_dict()
+    b = load_checkpoint(resumed.run_dir).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(config, monkeypatch):
+    calls = {"n": 0}
+    original = MaskedDiffusion.loss
+
+    def nan_at_step_5(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += torch.is_grad_enabled()
+        if calls["n"] == 5 and torch.is_grad_enabled():
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(MaskedDiffusion, "loss", nan_at_step_5)
+    with pytest.raises(TrainingDiverged, match=r"became nan .* at step 5.*last good checkpoint \(step 3\)"):
+        train(config, progress=False)
+    assert resolve(config.out).name == "checkpoint-000003"
+    load_training_state(resolve(config.out))  # still resumable
+
+
+def test_an_existing_run_is_not_overwritten(config):
+    train(replace(config, steps=1, eval_every=1), progress=False)
+    with pytest.raises(DlmError, match="already holds a training run"):
+        train(config, progress=False)
+
+
+def test_minutes_budget_sizes_the_run(config):
+    result = train(replace(config, steps=0, minutes=0.15, eval_every=1000), progress=False)
+    assert result.total_steps >= 30 and result.step <= result.total_steps
+    assert result.seconds < 0.15 * 60 + 15
+
+
+def test_too_small_a_corpus_is_explained(config, tmp_path):
+    (tmp_path / "tiny.txt").write_text("To be or not to be.\n" * 20)
+    with pytest.raises(DlmError, match="shorter than one chunk"):
+        train(replace(config, data=str(tmp_path / "tiny.txt")), progress=False)
+
+
+def test_validation_characters_unseen_in_training_are_explained(config, tmp_path):
+    (tmp_path / "odd.txt").write_text("To be or not to be.\n" * 200 + "Zebra!\n" * 5)
+    with pytest.raises(DlmError, match="validation split .* uses a character the training split never does"):
+        train(replace(config, data=str(tmp_path / "odd.txt")), progress=False)
+
+
+KILLED_RUN = """
+import os, sys, torch
+from dlm.processes import MaskedDiffusion
+from dlm.training import TrainConfig, train
+original, calls = MaskedDiffusion.loss, [0]
+def killed_at_step_5(self, *args, **kwargs):
+    calls[0] += torch.is_grad_enabled()
+    if calls[0] == 5 and torch.is_grad_enabled():
+        os._exit(137)  # as abrupt as SIGKILL: no handler, no cleanup
+    return original(self, *args, **kwargs)
+MaskedDiffusion.loss = killed_at_step_5
+train(TrainConfig(**__import__("json").loads(sys.argv[1])), progress=False)
+"""
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_exactly(config, tmp_path):
+    full = train(replace(config, out=str(tmp_path / "full")), progress=False)
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, json.dumps(config.to_dict())], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 137, proc.stderr
+    assert resolve(config.out).name == "checkpoint-000003"  # written at the step-3 validation
+    resumed = train(config, resume=True, progress=False)
+    assert resumed.losses == full.losses[3:]
+    assert resumed.validation["val_bits_per_char"] == full.validation["val_bits_per_char"]

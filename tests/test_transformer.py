@@ -1,0 +1,104 @@
+"""The transformer: shapes, what each position may see, padding, time conditioning, presets."""
+
+import pytest
+import torch
+
+from dlm.models import PRESETS, ModelConfig, Transformer, preset_config
+from dlm.models.transformer import explicit_attention
+
+from conftest import tiny_model
+
+V = 30
+
+
+def test_logits_shape():
+    m = tiny_model(V)
+    x = torch.randint(0, V, (3, 17))
+    assert m(x, torch.rand(3)).shape == (3, 17, V)
+
+
+def influence(model, x, j):
+    """Which positions' logits change when token j changes."""
+    y = x.clone()
+    y[0, j] = (y[0, j] + 1) % V
+    with torch.no_grad():
+        return (model(x)[0] - model(y)[0]).abs().amax(-1) > 1e-6  # (L,)
+
+
+def test_causal_attention_sees_only_the_past():
+    m = tiny_model(V, attention="causal")
+    x = torch.randint(0, V, (1, 12), generator=torch.Generator().manual_seed(0))
+    changed = influence(m, x, 5)
+    assert not changed[:5].any() and changed[5:].all()
+
+
+def test_bidirectional_attention_sees_everything():
+    m = tiny_model(V)
+    x = torch.randint(0, V, (1, 12), generator=torch.Generator().manual_seed(0))
+    assert influence(m, x, 5).all()
+
+
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+def test_left_and_right_padding_do_not_change_logits(attention):
+    m = tiny_model(V, attention=attention)
+    x = torch.randint(0, V, (1, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        alone = m(x)[0]
+        left = torch.cat([torch.zeros(1, 4, dtype=torch.long), x], 1)
+        left_mask = torch.cat([torch.zeros(1, 4, dtype=torch.bool), torch.ones(1, 9, dtype=torch.bool)], 1)
+        right = torch.cat([x, torch.zeros(1, 4, dtype=torch.long)], 1)
+        right_mask = left_mask.flip(1)
+        torch.testing.assert_close(m(left, attention_mask=left_mask)[0, 4:], alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(m(right, attention_mask=right_mask)[0, :9], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_explicit_attention_matches_sdpa(causal):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[0, ..., :2] = False
+    for m in (None, mask):
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal and m is None)
+        if m is not None and causal:
+            continue
+        torch.testing.assert_close(explicit_attention(q, k, v, m, causal), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_training_path_matches_fp32():
+    """On CPU the model uses the explicit attention product in bf16 training: same function."""
+    m = tiny_model(V)
+    x = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(0))
+    m.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = m(x).float()
+    with torch.no_grad():
+        high = m(x)
+    assert (low - high).abs().max() < 0.1 * high.abs().max()
+
+
+def test_time_conditioning_starts_as_identity_and_then_uses_t():
+    m = tiny_model(V, time_conditioning=True)
+    x = torch.randint(0, V, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, torch.tensor([0.1, 0.1])), m(x, torch.tensor([0.9, 0.9])))
+        for block in m.blocks:
+            block.modulation.weight.normal_(std=0.1)
+        assert not torch.allclose(m(x, torch.tensor([0.1, 0.1])), m(x, torch.tensor([0.9, 0.9])))
+    with pytest.raises(ValueError, match="time-conditioned"):
+        m(x)
+    assert m.time_conditioned and not tiny_model(V).time_conditioned
+
+
+@pytest.mark.parametrize("name,low,high", [("tiny", 0.8e6, 1.5e6), ("small", 8e6, 13e6), ("base", 30e6, 50e6)])
+def test_preset_sizes(name, low, high):
+    n = Transformer(preset_config(name, vocab_size=88)).num_parameters()
+    assert low <= n <= high, f"{name}: {n:,} parameters"
+    assert set(PRESETS) == {"tiny", "small", "base"}
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="heads"):
+        ModelConfig(vocab_size=10, d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="attention"):
+        ModelConfig(vocab_size=10, attention="sideways")
