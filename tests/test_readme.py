@@ -29,7 +29,7 @@ def workdir(tmp_path_factory):
     train = next(line for line in blocks("bash")[1].splitlines() if line.startswith("dlm train"))
     argv = shlex.split(train)[1:]
     argv = [a for a in argv if a not in ("--minutes", "5")]  # the budget is the one change
-    argv += ["--steps", "3", "--seq-len", "256", "--batch-size", "4", "--eval-chunks", "2", "--final-eval-chunks",
+    argv += ["--steps", "3", "--batch-size", "4", "--eval-chunks", "2", "--final-eval-chunks",
              "2", "--no-compile", "--no-progress", "--out", str(root / "runs" / "shakespeare")]
     assert main(argv) == 0
     return root

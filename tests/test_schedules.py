@@ -20,6 +20,7 @@ def test_schedule_contract(name):
     inner = t[5:-5]
     numeric = (s.alpha(inner + h) - s.alpha(inner - h)) / (2 * h)
     torch.testing.assert_close(s.alpha_prime(inner), numeric, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s.alpha_inverse(s.alpha(inner)), inner, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))

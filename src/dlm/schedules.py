@@ -25,6 +25,9 @@ class Schedule(Protocol):
 
     def alpha_prime(self, t: Tensor) -> Tensor: ...
 
+    def alpha_inverse(self, a: Tensor) -> Tensor:
+        """The t at which alpha(t) = a."""
+
 
 @dataclass(frozen=True)
 class LinearSchedule:
@@ -38,6 +41,9 @@ class LinearSchedule:
     def alpha_prime(self, t: Tensor) -> Tensor:
         return torch.full_like(t, -1.0)
 
+    def alpha_inverse(self, a: Tensor) -> Tensor:
+        return 1.0 - a
+
 
 @dataclass(frozen=True)
 class CosineSchedule:
@@ -50,6 +56,9 @@ class CosineSchedule:
 
     def alpha_prime(self, t: Tensor) -> Tensor:
         return -0.5 * math.pi * torch.sin(0.5 * math.pi * (1.0 - t))
+
+    def alpha_inverse(self, a: Tensor) -> Tensor:
+        return 1.0 - torch.arccos((1.0 - a).clamp(-1.0, 1.0)) / (0.5 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,9 @@ class LogLinearSchedule:
     def alpha_prime(self, t: Tensor) -> Tensor:
         return torch.full_like(t, -(1.0 - self.eps))
 
+    def alpha_inverse(self, a: Tensor) -> Tensor:
+        return ((1.0 - a) / (1.0 - self.eps)).clamp(max=1.0)
+
 
 @dataclass(frozen=True)
 class PolynomialSchedule:
@@ -85,6 +97,9 @@ class PolynomialSchedule:
 
     def alpha_prime(self, t: Tensor) -> Tensor:
         return -self.power * t ** (self.power - 1.0)
+
+    def alpha_inverse(self, a: Tensor) -> Tensor:
+        return (1.0 - a).clamp(min=0.0) ** (1.0 / self.power)
 
 
 SCHEDULES: dict[str, type] = {

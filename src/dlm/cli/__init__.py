@@ -44,7 +44,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="DIR", help="a run folder or checkpoint folder written by `dlm train`")
     p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: one per token)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
-                   help="default: the process's own (confidence for masked diffusion)")
+                   help="default: the process's own (ancestral for masked diffusion)")
     p.add_argument("--block-length", type=positive_int, default=None,
                    help="semi-autoregressive blocks of this many tokens (confidence sampler)")
     p.add_argument("--temperature", type=non_negative_float, default=None,

@@ -18,6 +18,8 @@ HELP = {
     "steps": "optimizer steps (default 2000 unless --minutes is given)",
     "minutes": "wall-clock budget for the whole run; sizes the number of steps",
     "objective": "nelbo (exact weights) or normalized (lower variance); evaluation is always the NELBO",
+    "optimizer": "muon (Muon on hidden matrices, AdamW on the rest) or adamw",
+    "schedule": "alpha(t) for training: linear, cosine, loglinear, polynomial",
     "precision": "auto (bf16 autocast where the CPU/GPU has bf16 units), bf16 or fp32",
     "compile": "torch.compile the transformer blocks (--no-compile to skip the ~15 s compile)",
     "seed": "seed for initialisation, data order and noise",

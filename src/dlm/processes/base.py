@@ -35,6 +35,10 @@ class ForwardProcess(Protocol):
              attention_mask: Tensor | None = None, t: Tensor | None = None,
              generator: torch.Generator | None = None) -> LossOutput: ...
 
+    def nelbo(self, denoiser: Denoiser, x0: Tensor, *, u: Tensor, loss_mask: Tensor | None = None,
+              attention_mask: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """(B,) unbiased estimates of each sequence's NELBO in nats; u (B,) in [0, 1) stratifies them."""
+
     def x0_logits(self, logits: Tensor) -> Tensor:
         """The denoiser's logits as a distribution over clean tokens (e.g. no [MASK])."""
 

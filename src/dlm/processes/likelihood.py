@@ -1,9 +1,14 @@
 """Monte-Carlo estimate of a process's NELBO over a set of chunks, in bits, with its standard error.
 
 For diffusion the NELBO is an upper bound on -log p(x) (so bits/char is a bound too); each
-chunk's bound is estimated with `samples_per_chunk` stratified times. The standard error is
-that of the mean over chunks: it covers the Monte-Carlo noise (times and masks) and the
-chunk-to-chunk variation, so it is the error bar for the corpus the chunks were drawn from.
+chunk's bound is estimated with `samples_per_chunk` stratified draws of the process's
+lowest-variance unbiased estimator (`process.nelbo`). Two standard errors come with it:
+
+- `stderr`: the Monte-Carlo standard error, how far the figure could move if the same chunks
+  were evaluated with other random draws: sqrt(sum_i s_i^2 / K) / N from each chunk's spread
+  s_i over its K samples (conservative: stratified samples vary less than independent ones);
+- `stderr_chunks`: the standard error of the mean over chunks, which adds chunk-to-chunk
+  variation: the error bar for the population of text the chunks were drawn from.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ LN2 = math.log(2.0)
 @dataclass(frozen=True)
 class LikelihoodEstimate:
     nats_per_token: float
-    stderr_nats_per_token: float
+    stderr_nats_per_token: float  # Monte-Carlo standard error (the chunks held fixed)
+    chunks_stderr_nats_per_token: float  # standard error over chunks (Monte-Carlo + chunk variation)
     num_chunks: int
     samples_per_chunk: int
     tokens_per_char: float  # of the text the chunks came from; converts per-token to per-char
@@ -37,19 +43,25 @@ class LikelihoodEstimate:
 
     @property
     def stderr(self) -> float:
-        """Standard error of bits_per_char."""
+        """Monte-Carlo standard error of bits_per_char."""
         return self.stderr_nats_per_token / LN2 * self.tokens_per_char
+
+    @property
+    def stderr_chunks(self) -> float:
+        """Standard error of bits_per_char over chunks (for the text the chunks stand for)."""
+        return self.chunks_stderr_nats_per_token / LN2 * self.tokens_per_char
 
     def to_dict(self) -> dict:
         return {**asdict(self), "bits_per_token": self.bits_per_token, "bits_per_char": self.bits_per_char,
-                "stderr": self.stderr, "stderr_bits_per_token": self.stderr_nats_per_token / LN2}
+                "stderr": self.stderr, "stderr_bits_per_token": self.stderr_nats_per_token / LN2,
+                "stderr_chunks": self.stderr_chunks}
 
 
-def stratified_times(num_chunks: int, samples: int, *, eps: float, generator: torch.Generator | None) -> Tensor:
-    """t[i, k] = eps + (1 - eps) ((u_i + k/K) mod 1), one u_i per chunk; -> (N, K)."""
+def stratified_uniforms(num_chunks: int, samples: int, *, generator: torch.Generator | None) -> Tensor:
+    """u[i, k] = (u_i + k/K) mod 1, one u_i ~ U[0, 1) per chunk: each chunk's K samples cover
+    [0, 1) evenly (Kingma et al., 2021, app. I.1); -> (N, K)."""
     u = torch.rand(num_chunks, 1, generator=generator, dtype=torch.float64)
-    t = (u + torch.arange(samples, dtype=torch.float64)[None] / samples) % 1.0  # (N, K)
-    return (eps + (1.0 - eps) * t).float()
+    return (u + torch.arange(samples, dtype=torch.float64)[None] / samples) % 1.0
 
 
 @torch.no_grad()
@@ -61,18 +73,21 @@ def estimate_likelihood(process: ForwardProcess, denoiser: Denoiser, chunks: Ten
         raise ValueError(f"need a non-empty (N, L) tensor of chunks, got shape {tuple(chunks.shape)}")
     N, L = chunks.shape
     K = samples_per_chunk
-    times = stratified_times(N, K, eps=getattr(process, "time_eps", 1e-3), generator=generator)  # (N, K)
+    u = stratified_uniforms(N, K, generator=generator)  # (N, K)
     rows = chunks.repeat_interleave(K, dim=0)  # (N K, L): chunk i occupies rows i K .. i K + K - 1
-    flat_t = times.reshape(-1)  # (N K,)
+    flat_u = u.reshape(-1)  # (N K,)
     nelbo = torch.empty(N * K, dtype=torch.float64)
     for start in range(0, N * K, batch_size):
         stop = min(start + batch_size, N * K)
-        out = process.loss(denoiser, rows[start:stop], t=flat_t[start:stop].to(chunks.device), generator=generator)
-        nelbo[start:stop] = out.nelbo.double().cpu()
-    per_chunk = nelbo.view(N, K).mean(dim=1) / L  # (N,) nats per token
-    if N > 1:
-        stderr = per_chunk.std(unbiased=True).item() / math.sqrt(N)
-    else:  # one chunk: only the Monte-Carlo spread across its samples is measurable
-        stderr = (nelbo.std(unbiased=True).item() / L / math.sqrt(K)) if K > 1 else float("nan")
-    return LikelihoodEstimate(nats_per_token=per_chunk.mean().item(), stderr_nats_per_token=stderr,
-                              num_chunks=N, samples_per_chunk=K, tokens_per_char=tokens_per_char)
+        nelbo[start:stop] = process.nelbo(denoiser, rows[start:stop], u=flat_u[start:stop],
+                                          generator=generator).double().cpu()
+    samples = nelbo.view(N, K) / L  # (N, K) nats per token
+    per_chunk = samples.mean(dim=1)  # (N,)
+    chunks_stderr = per_chunk.std().item() / math.sqrt(N) if N > 1 else float("nan")
+    if K > 1:
+        mc_stderr = math.sqrt(samples.var(dim=1).sum().item() / K) / N
+    else:  # one sample per chunk: the Monte-Carlo part cannot be separated; report the larger error
+        mc_stderr = chunks_stderr
+    return LikelihoodEstimate(nats_per_token=per_chunk.mean().item(), stderr_nats_per_token=mc_stderr,
+                              chunks_stderr_nats_per_token=chunks_stderr, num_chunks=N, samples_per_chunk=K,
+                              tokens_per_char=tokens_per_char)

@@ -111,6 +111,109 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+class Run:
+    """Everything one training run carries from step to step, and what can be done with it."""
+
+    def __init__(self, config: TrainConfig, *, resume: bool, device: str | None):
+        self.run_dir = Path(config.out)
+        self.device = resolve_device(device)
+        state, tokenizer = None, None
+        if resume:
+            folder = resolve(self.run_dir)
+            config = replace(TrainConfig.from_dict(read_config(folder)["train"]), out=str(self.run_dir))
+            state = load_training_state(folder)
+            tokenizer = Tokenizer.load(folder / "tokenizer.json")
+        elif (self.run_dir / "latest").exists() or any(self.run_dir.glob("checkpoint-*")):
+            raise DlmError(f"{self.run_dir} already holds a training run; continue it with --resume or choose "
+                           f"another --out")
+        self.config = config
+        self.data = prepare_data(config, tokenizer)
+        tokenizer = self.data.tokenizer
+        if config.process not in PROCESSES:
+            raise DlmError(f"unknown process {config.process!r}; choose one of {sorted(PROCESSES)}")
+        self.process = PROCESSES[config.process].from_config(
+            {"name": config.process, "schedule": {"name": config.schedule}, "objective": config.objective},
+            vocab_size=tokenizer.vocab_size, special_ids=tokenizer.specials)
+        try:
+            model_config = preset_config(config.preset, vocab_size=tokenizer.vocab_size, max_len=config.seq_len,
+                                         attention=self.process.attention)
+        except KeyError as e:
+            raise DlmError(str(e.args[0])) from None
+        torch.manual_seed(config.seed)
+        self.model = Transformer(model_config).to(self.device)
+        self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        try:
+            self.optimizer = build_optimizer(self.model, name=config.optimizer, lr=config.lr,
+                                             weight_decay=config.weight_decay, betas=(config.beta1, config.beta2))
+        except ValueError as e:
+            raise DlmError(str(e)) from None
+        self.data_rng = torch.Generator().manual_seed(config.seed)
+        self.noise_rng = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.step, self.total_steps = 0, config.steps or (0 if config.minutes else DEFAULT_STEPS)
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.data_rng.set_state(state["data_rng"])
+            self.noise_rng.set_state(state["noise_rng"])
+            self.step, self.total_steps = state["step"], state["total_steps"]
+        self.precision = resolve_precision(config.precision, self.device)
+        self.compiled = compile_blocks(self.model) if config.compile else False
+        self.last_saved = self.step if state is not None else -1
+
+    @property
+    def published_model(self) -> Transformer:
+        """The weights that are evaluated and published: the EMA when there is one."""
+        return self.ema.model if self.ema is not None else self.model
+
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimizer step over batch_size sequences (in grad_accum micro-batches); -> (loss, grad norm, lr)."""
+        cfg = self.config
+        lr = lr_at(self.step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=self.total_steps or 10**9,
+                   min_lr_ratio=cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = 0.0
+        for _ in range(cfg.grad_accum):
+            x0 = random_windows(self.data.train, cfg.batch_size // cfg.grad_accum, cfg.seq_len,
+                                generator=self.data_rng).to(self.device)  # (B, L)
+            with autocast(self.precision, self.device):
+                out = self.process.loss(self.model, x0, generator=self.noise_rng)
+            (out.loss / cfg.grad_accum).backward()
+            loss += out.loss.item() / cfg.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            _append_metrics(self.run_dir, {"event": "diverged", "step": self.step + 1, "loss": loss,
+                                           "grad_norm": grad_norm})
+            where = (f"the last good checkpoint (step {self.last_saved}) is in {self.run_dir}" if self.last_saved >= 0
+                     else "no checkpoint had been written yet")
+            raise TrainingDiverged(
+                f"the loss became {loss} (gradient norm {grad_norm}) at step {self.step + 1}; training stopped and "
+                f"{where}. Try a lower --lr (now {cfg.lr}), more --warmup-steps, or --precision fp32.")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return loss, grad_norm, lr
+
+    def validate(self, chunks: int) -> LikelihoodEstimate:
+        return validate(self.published_model, self.process, self.data, chunks=chunks,
+                        samples=self.config.eval_samples, seed=self.config.seed + 2, device=self.device)
+
+    def save(self, metrics: dict) -> Path:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "ema": self.ema.state_dict() if self.ema is not None else None,
+                 "data_rng": self.data_rng.get_state(), "noise_rng": self.noise_rng.get_state(),
+                 "step": self.step, "total_steps": self.total_steps}
+        path = save_checkpoint(self.run_dir, step=self.step, model=self.published_model, process=self.process,
+                               tokenizer=self.data.tokenizer, train_config=self.config.to_dict(),
+                               training_state=state, metrics=metrics)
+        self.last_saved = self.step
+        return path
+
+
 def train(config: TrainConfig, *, resume: bool = False, progress: bool | None = None,
           device: str | None = None) -> TrainResult:
     """Train (or resume) the run in config.out; returns where the checkpoint is and how it went.
@@ -123,159 +226,121 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool | None = 
     tune_allocator()
     if config.threads:
         torch.set_num_threads(config.threads)
-    dev = resolve_device(device)
-    run_dir = Path(config.out)
+    run = Run(config, resume=resume, device=device)
+    cfg = run.config
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    _append_metrics(run.run_dir, {"event": "resume" if resume else "start", "step": run.step,
+                                  "params": run.model.num_parameters(), "precision": run.precision,
+                                  "compiled": run.compiled, "device": str(run.device), "config": cfg.to_dict()})
+    bar = TrainingProgress(run.total_steps or 1, enabled=progress, start_step=run.step)
+    bar.message(f"training {run.model.num_parameters() / 1e6:.2f}M parameters ({cfg.preset}, {cfg.process}) on "
+                f"{cfg.data}: {run.data.train.numel():,} tokens, {run.precision}"
+                f"{', compiled' if run.compiled else ''}")
 
-    state = None
-    tokenizer = None
-    if resume:
-        folder = resolve(run_dir)
-        stored = read_config(folder)
-        config = replace(TrainConfig.from_dict(stored["train"]), out=str(run_dir))
-        state = load_training_state(folder)
-        tokenizer = Tokenizer.load(folder / "tokenizer.json")
-    elif (run_dir / "latest").exists() or any(run_dir.glob("checkpoint-*")):
-        raise DlmError(f"{run_dir} already holds a training run; continue it with --resume or choose "
-                       f"another --out")
-
-    data = prepare_data(config, tokenizer)
-    tokenizer = data.tokenizer
-    if config.process not in PROCESSES:
-        raise DlmError(f"unknown process {config.process!r}; choose one of {sorted(PROCESSES)}")
-    process = PROCESSES[config.process].from_config(
-        {"name": config.process, "schedule": {"name": config.schedule}, "objective": config.objective},
-        vocab_size=tokenizer.vocab_size, special_ids=tokenizer.specials)
-    try:
-        model_config = preset_config(config.preset, vocab_size=tokenizer.vocab_size, max_len=config.seq_len,
-                                     attention=process.attention)
-    except KeyError as e:
-        raise DlmError(str(e.args[0])) from None
-    torch.manual_seed(config.seed)
-    model = Transformer(model_config).to(dev)
-    ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
-    optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
-                                betas=(config.beta1, config.beta2))
-    data_rng = torch.Generator().manual_seed(config.seed)
-    noise_rng = torch.Generator(device=dev).manual_seed(config.seed + 1)
-    step, total_steps = 0, config.steps or (0 if config.minutes else DEFAULT_STEPS)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        data_rng.set_state(state["data_rng"])
-        noise_rng.set_state(state["noise_rng"])
-        step, total_steps = state["step"], state["total_steps"]
-    precision = resolve_precision(config.precision, dev)
-    compiled = compile_blocks(model) if config.compile else False
-    eval_model = ema.model if ema is not None else model
-
-    def publish(at_step: int, metrics: dict) -> Path:
-        training_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "ema": ema.state_dict() if ema is not None else None,
-                          "data_rng": data_rng.get_state(), "noise_rng": noise_rng.get_state(),
-                          "step": at_step, "total_steps": total_steps}
-        return save_checkpoint(run_dir, step=at_step, model=eval_model, process=process, tokenizer=tokenizer,
-                               train_config=config.to_dict(), training_state=training_state, metrics=metrics)
-
-    micro_batch = config.batch_size // config.grad_accum
-    tokens_per_step = config.batch_size * config.seq_len
-    num_params = model.num_parameters()
     # With --minutes the run is sized after timing a few steps (a resumed run keeps its size).
-    deadline = started + 60 * config.minutes if config.minutes and total_steps == 0 else None
-    calibrate_from, calibrate_to = step + CALIBRATION[0], step + CALIBRATION[1]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _append_metrics(run_dir, {"event": "resume" if resume else "start", "step": step, "params": num_params,
-                              "precision": precision, "compiled": compiled, "device": str(dev),
-                              "config": config.to_dict()})
-    bar = TrainingProgress(total_steps or 1, enabled=progress, start_step=step)
-    bar.message(f"training {num_params / 1e6:.2f}M parameters ({config.preset}, {config.process}) on "
-                f"{config.data}: {data.train.numel():,} tokens, {precision}{', compiled' if compiled else ''}")
-
-    losses: list[float] = []
-    last_saved, validation, stopped = (step if state is not None else -1), {}, "completed"
-    loop_started, calib_start, window_start, window_tokens = time.perf_counter(), None, time.perf_counter(), 0
-    tokens_done = 0
-    model.train()
-    stop = GracefulStop()
-    try:
-        stop.__enter__()
-        while total_steps == 0 or step < total_steps:
-            if total_steps == 0 and step == calibrate_from:
-                calib_start = time.perf_counter()
-            if total_steps == 0 and step == calibrate_to:
-                step_seconds = (time.perf_counter() - calib_start) / (calibrate_to - calibrate_from)
-                total_steps = _size_run(config, data, step, step_seconds, deadline)
-                bar.set_total(total_steps)
-            lr = lr_at(step, lr=config.lr, warmup_steps=config.warmup_steps,
-                       total_steps=total_steps or 10**9, min_lr_ratio=config.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for _ in range(config.grad_accum):
-                x0 = random_windows(data.train, micro_batch, config.seq_len, generator=data_rng).to(dev)
-                with autocast(precision, dev):
-                    out = process.loss(model, x0, generator=noise_rng)
-                (out.loss / config.grad_accum).backward()
-                loss_sum += out.loss.item()
-            loss = loss_sum / config.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                _append_metrics(run_dir, {"event": "diverged", "step": step + 1, "loss": loss, "grad_norm": grad_norm})
-                where = (f"the last good checkpoint (step {last_saved}) is in {run_dir}" if last_saved >= 0
-                         else "no checkpoint had been written yet")
-                raise TrainingDiverged(
-                    f"the loss became {loss} (gradient norm {grad_norm}) at step {step + 1}; training stopped and "
-                    f"{where}. Try a lower --lr (now {config.lr}), more --warmup-steps, or --precision fp32.")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(model)
-            step += 1
-            losses.append(loss)
-            tokens_done += tokens_per_step
-            window_tokens += tokens_per_step
-
-            if step % config.log_every == 0 or step == total_steps:
-                now = time.perf_counter()
-                tps = window_tokens / max(now - window_start, 1e-9)
-                window_start, window_tokens = now, 0
-                _append_metrics(run_dir, {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                          "tokens_per_second": tps, "elapsed": now - started})
-                bar.update(step, loss=loss, tokens_per_second=tps)
-            out_of_time = deadline is not None and total_steps > 0 and \
-                time.perf_counter() > deadline - _final_eval_seconds(config, data, loop_started, tokens_done)
-            final = step == total_steps or out_of_time
-            if step % config.eval_every == 0 or final:
-                chunks = config.final_eval_chunks if final else config.eval_chunks
-                est = validate(eval_model, process, data, chunks=chunks, samples=config.eval_samples,
-                               seed=config.seed + 2, device=dev)
-                validation = {"step": step, "val_bits_per_char": est.bits_per_char, "val_stderr": est.stderr,
-                              "val_bits_per_token": est.bits_per_token, "val_chunks": est.num_chunks,
-                              "val_samples": est.samples_per_chunk, "final": final,
-                              "train_tokens_per_second": tokens_done / max(time.perf_counter() - loop_started, 1e-9)}
-                _append_metrics(run_dir, {**validation, "elapsed": time.perf_counter() - started})
-                bar.message(f"step {step}: validation {est.bits_per_char:.4f} ± {est.stderr:.4f} bits/char "
-                            f"(NELBO, {est.num_chunks} chunks)")
-                publish(step, validation)
-                last_saved = step
-            if out_of_time:
-                stopped = "time"
-                break
-            if stop.requested:
-                if step > last_saved:
-                    publish(step, validation)
-                _append_metrics(run_dir, {"event": "interrupted", "step": step})
-                bar.close()
-                bar.message(f"interrupted: checkpoint at step {step} in {run_dir}; continue with --resume")
-                raise KeyboardInterrupt
-    finally:
-        stop.__exit__()
-        bar.close()
+    budget = TimeBudget(cfg, run.data, started, first_step=run.step) if cfg.minutes and not run.total_steps else None
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    losses, validation, stopped = [], {}, "completed"
+    loop_started = window_start = time.perf_counter()
+    window_tokens = 0
+    run.model.train()
+    with GracefulStop() as stop:
+        try:
+            while run.total_steps == 0 or run.step < run.total_steps:
+                if budget is not None and run.total_steps == 0:
+                    run.total_steps = budget.size(run.step)
+                    if run.total_steps:
+                        bar.set_total(run.total_steps)
+                loss, grad_norm, lr = run.train_step()
+                losses.append(loss)
+                window_tokens += tokens_per_step
+                tokens_per_second = len(losses) * tokens_per_step / max(time.perf_counter() - loop_started, 1e-9)
+                if run.step % cfg.log_every == 0 or run.step == run.total_steps:
+                    now = time.perf_counter()
+                    recent = window_tokens / max(now - window_start, 1e-9)
+                    window_start, window_tokens = now, 0
+                    _append_metrics(run.run_dir, {"step": run.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                                  "tokens_per_second": recent, "elapsed": now - started})
+                    bar.update(run.step, loss=loss, tokens_per_second=recent)
+                out_of_time = budget is not None and budget.out_of_time()
+                final = run.step == run.total_steps or out_of_time
+                if run.step % cfg.eval_every == 0 or final:
+                    est = run.validate(cfg.final_eval_chunks if final else cfg.eval_chunks)
+                    validation = {"step": run.step, "val_bits_per_char": est.bits_per_char, "val_stderr": est.stderr,
+                                  "val_stderr_chunks": est.stderr_chunks, "val_bits_per_token": est.bits_per_token,
+                                  "val_chunks": est.num_chunks,
+                                  "val_samples": est.samples_per_chunk, "final": final,
+                                  "train_tokens_per_second": tokens_per_second}
+                    _append_metrics(run.run_dir, {**validation, "elapsed": time.perf_counter() - started})
+                    bar.message(f"step {run.step}: validation {est.bits_per_char:.4f} ± {est.stderr:.4f} "
+                                f"bits/char (NELBO, {est.num_chunks} chunks)")
+                    run.save(validation)
+                    if budget is not None and run.total_steps and not final:
+                        run.total_steps = budget.replan(run.step)
+                        bar.set_total(run.total_steps)
+                if out_of_time:
+                    stopped = "time"
+                    break
+                if stop.requested:
+                    if run.step > run.last_saved:
+                        run.save(validation)
+                    _append_metrics(run.run_dir, {"event": "interrupted", "step": run.step})
+                    bar.close()
+                    bar.message(f"interrupted: checkpoint at step {run.step} in {run.run_dir}; continue with "
+                                f"--resume")
+                    raise KeyboardInterrupt
+        finally:
+            bar.close()
     seconds = time.perf_counter() - loop_started
-    return TrainResult(run_dir=run_dir, checkpoint=resolve(run_dir), step=step, total_steps=total_steps,
-                       num_parameters=num_params, tokens_per_second=tokens_done / max(seconds, 1e-9),
+    return TrainResult(run_dir=run.run_dir, checkpoint=resolve(run.run_dir), step=run.step,
+                       total_steps=run.total_steps, num_parameters=run.model.num_parameters(),
+                       tokens_per_second=len(losses) * tokens_per_step / max(seconds, 1e-9),
                        seconds=time.perf_counter() - started, validation=validation, losses=losses, stopped=stopped)
+
+
+class TimeBudget:
+    """--minutes: time steps [10, 30) of this invocation, then fix the number of steps that fits
+    before the deadline, keeping time for the validations; re-plan at each validation; stop
+    early if the machine slows down."""
+
+    def __init__(self, config: TrainConfig, data: Dataset, started: float, *, first_step: int):
+        self.config, self.data = config, data
+        self.deadline = started + 60 * config.minutes
+        self.calibrate_from, self.calibrate_to = first_step + CALIBRATION[0], first_step + CALIBRATION[1]
+        self.calibration_started = None
+        self.step_seconds = None  # measured; None while calibrating
+
+    def eval_seconds(self, chunks: int) -> float:
+        """A validation's time: its tokens at EVAL_SPEEDUP times the training rate, plus saving."""
+        n = self.data.validation.shape[0] if chunks <= 0 else min(chunks, self.data.validation.shape[0])
+        tokens = n * self.config.eval_samples * self.config.seq_len
+        train_tps = self.config.batch_size * self.config.seq_len / self.step_seconds
+        return tokens / (EVAL_SPEEDUP * train_tps) + 1.0
+
+    def size(self, step: int) -> int:
+        """0 while calibrating; then the total number of steps."""
+        if step == self.calibrate_from:
+            self.calibration_started = time.perf_counter()
+        if step < self.calibrate_to or self.calibration_started is None:
+            return 0
+        cfg = self.config
+        self.step_seconds = (time.perf_counter() - self.calibration_started) / (step - self.calibrate_from)
+        remaining = self.deadline - time.perf_counter() - self.eval_seconds(cfg.final_eval_chunks)
+        per_step = self.step_seconds + self.eval_seconds(cfg.eval_chunks) / cfg.eval_every
+        return max(step + int(0.97 * remaining / per_step), step + 1)
+
+    def replan(self, step: int) -> int:
+        """Re-size the run from the average step time since calibration (validations included):
+        the first steps run slower than the rest, so the first estimate leaves time unused."""
+        now = time.perf_counter()
+        self.step_seconds = (now - self.calibration_started) / max(step - self.calibrate_from, 1)
+        remaining = self.deadline - now - self.eval_seconds(self.config.final_eval_chunks)
+        return max(step + int(0.98 * remaining / self.step_seconds), step + 1)
+
+    def out_of_time(self) -> bool:
+        """Whether the last validation must start now to end by the deadline."""
+        reserve = self.eval_seconds(self.config.final_eval_chunks) if self.step_seconds else 0.0
+        return time.perf_counter() > self.deadline - reserve
 
 
 class GracefulStop:
@@ -302,25 +367,3 @@ class GracefulStop:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
-
-
-def _eval_tokens(config: TrainConfig, data: Dataset, chunks: int) -> int:
-    n = data.validation.shape[0] if chunks <= 0 else min(chunks, data.validation.shape[0])
-    return n * config.eval_samples * config.seq_len
-
-
-def _final_eval_seconds(config: TrainConfig, data: Dataset, loop_started: float, tokens_done: int) -> float:
-    """Time to keep for the last validation and checkpoint (a forward pass costs about a third
-    of a training step, but validation runs in fp32 without compile: EVAL_SPEEDUP)."""
-    train_tps = tokens_done / max(time.perf_counter() - loop_started, 1e-9)
-    return _eval_tokens(config, data, config.final_eval_chunks) / max(EVAL_SPEEDUP * train_tps, 1.0) + 2.0
-
-
-def _size_run(config: TrainConfig, data: Dataset, step: int, step_seconds: float, deadline: float) -> int:
-    """With --minutes: how many steps fit before the deadline, leaving time for validations."""
-    eval_tps = EVAL_SPEEDUP * config.batch_size * config.seq_len / step_seconds
-    final_eval = _eval_tokens(config, data, config.final_eval_chunks) / eval_tps + 2.0
-    per_eval = _eval_tokens(config, data, config.eval_chunks) / eval_tps + 0.5
-    remaining = deadline - time.perf_counter() - final_eval
-    per_step = step_seconds + per_eval / config.eval_every
-    return max(step + int(0.97 * remaining / per_step), step + 1)
