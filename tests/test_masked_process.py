@@ -1,5 +1,7 @@
 """The masked (absorbing) process: corruption rates, what is scored, and the reverse step."""
 
+import math
+
 import pytest
 import torch
 
@@ -108,3 +110,23 @@ def test_bad_construction_is_refused():
         MaskedDiffusion(vocab_size=5, mask_id=5)
     with pytest.raises(ValueError, match="objective"):
         MaskedDiffusion(vocab_size=5, mask_id=0, objective="mse")
+
+
+def test_exact_count_nelbo_masks_exactly_m_of_the_scored_positions():
+    p = MaskedDiffusion(vocab_size=10, mask_id=9)
+    x0 = torch.randint(0, 9, (5, 12), generator=torch.Generator().manual_seed(0))
+    loss_mask = torch.ones_like(x0, dtype=torch.bool)
+    loss_mask[:, :4] = False  # 8 scored positions
+    seen = []
+
+    def denoiser(x_t, t, *, attention_mask=None):
+        seen.append(x_t.clone())
+        return torch.zeros(*x_t.shape, 10)
+
+    u = torch.tensor([0.0, 0.2, 0.5, 0.8, 0.999])
+    nelbo = p.nelbo(denoiser, x0, u=u, loss_mask=loss_mask, generator=torch.Generator().manual_seed(1))
+    masked = seen[0] == 9
+    assert masked.sum(1).tolist() == [1, 2, 5, 7, 8]  # m = 1 + floor(u N)
+    assert not masked[:, :4].any()
+    # uniform logits over the 9 clean tokens: every masked token costs log 9, and N/m * m of them = N log 9
+    torch.testing.assert_close(nelbo, torch.full((5,), 8 * math.log(9), dtype=torch.float64))
