@@ -45,6 +45,18 @@ def process(tokenizer):
     return MaskedDiffusion(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id)
 
 
+def build(process_name: str, tokenizer, schedule: str | None = None, *, block_size: int = 4, **model):
+    """A process from the registry with a tiny model of the kind it asks for."""
+    from dlm.processes import PROCESSES
+
+    settings = {"name": process_name, "block_size": block_size}
+    if schedule is not None:
+        settings["schedule"] = {"name": schedule}
+    process = PROCESSES[process_name].from_config(settings, vocab_size=tokenizer.vocab_size,
+                                                  special_ids=tokenizer.specials)
+    return process, tiny_model(tokenizer.vocab_size, **{**process.model_options(), **model})
+
+
 class CountingDenoiser:
     """Wraps a denoiser and counts forward passes (a batched call counts once)."""
 
@@ -54,9 +66,12 @@ class CountingDenoiser:
         self.time_conditioned = (getattr(denoiser, "time_conditioned", True) if time_conditioned is None
                                  else time_conditioned)
 
-    def __call__(self, x_t, t, *, attention_mask=None):
+    def __call__(self, x_t, t, *, attention_mask=None, **structured):
         self.calls += 1
-        return self.denoiser(x_t, t, attention_mask=attention_mask)
+        return self.denoiser(x_t, t, attention_mask=attention_mask, **structured)
+
+    def __getattr__(self, name):  # config, embed_tokens, rounding_logits ... of the wrapped model
+        return getattr(self.denoiser, name)
 
 
 def write_corpus(path, repeats: int = 40) -> str:

@@ -7,10 +7,10 @@ import torch
 
 from dlm.data import train_bpe_tokenizer
 from dlm.errors import DlmError
-from dlm.processes import MaskedDiffusion
+from dlm.processes import PROCESSES, MaskedDiffusion
 from dlm.sampling import SAMPLERS, infill_canvas, parse_template
 
-from conftest import TEXT, tiny_model
+from conftest import TEXT, build, tiny_model
 
 
 def test_parse_template():
@@ -41,13 +41,15 @@ def random_template(rng: random.Random, alphabet: str) -> list:
     return pieces
 
 
-@pytest.mark.parametrize("sampler_name", sorted(SAMPLERS))
+INFILLING = [(p, s) for p in sorted(PROCESSES) if PROCESSES[p].infills for s in PROCESSES[p].samplers]
+
+
+@pytest.mark.parametrize("process_name,sampler_name", INFILLING)
 @pytest.mark.parametrize("kind", ["char", "bpe"])
-def test_text_outside_spans_is_byte_identical(sampler_name, kind, tokenizer):
+def test_text_outside_spans_is_byte_identical(process_name, sampler_name, kind, tokenizer):
     tok = tokenizer if kind == "char" else train_bpe_tokenizer([TEXT * 3], vocab_size=300)
     alphabet = sorted(set(TEXT)) if kind == "char" else list(TEXT) + list("éü😀\t—")
-    model = tiny_model(tok.vocab_size)
-    process = MaskedDiffusion(vocab_size=tok.vocab_size, mask_id=tok.mask_id)
+    process, model = build(process_name, tok)
     rng = random.Random(0)
     for trial in range(12):
         pieces = random_template(rng, alphabet)

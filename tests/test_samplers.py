@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from dlm.processes import MaskedDiffusion
+from dlm.errors import DlmError
+from dlm.processes import PROCESSES, MaskedDiffusion
 from dlm.sampling import SAMPLERS, Canvas, infill_canvas, parse_template, sample_ancestral, sample_confidence
-from dlm.schedules import SCHEDULES, make_schedule
 
-from conftest import CountingDenoiser, tiny_model
+from conftest import CountingDenoiser, build, tiny_model
 from oracle import CHAIN, OracleDenoiser
 
 
@@ -24,28 +24,35 @@ def canvases(tokenizer):
     return {"prompts": prompts, "spans": spans}
 
 
-@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
-@pytest.mark.parametrize("sampler_name", sorted(SAMPLERS))
+CASES = [(p, s, sch) for p in sorted(PROCESSES) for s in PROCESSES[p].samplers
+         for sch in (PROCESSES[p].schedules or (None,))]
+
+
+@pytest.mark.parametrize("process_name,sampler_name,schedule", CASES)
 @pytest.mark.parametrize("kind", ["prompts", "spans"])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_sampler_contract(sampler_name, schedule, kind, temperature, tokenizer):
+def test_sampler_contract(process_name, sampler_name, schedule, kind, temperature, tokenizer):
     sampler = SAMPLERS[sampler_name]
-    process = MaskedDiffusion(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
-                              schedule=make_schedule(schedule))
+    process, model = build(process_name, tokenizer, schedule)
     canvas = canvases(tokenizer)[kind]
-    denoiser = CountingDenoiser(tiny_model(tokenizer.vocab_size))
-    steps, seen = 8, []
+    denoiser = CountingDenoiser(model)
+    steps, seen = 16, []
     run = lambda seed: sampler(denoiser, process, canvas, steps=steps, temperature=temperature,  # noqa: E731
                                generator=torch.Generator().manual_seed(seed), callback=seen.append,
                                record_history=True)
+    if kind == "spans" and not process.infills:
+        with pytest.raises(DlmError, match="left to right"):
+            run(0)
+        return
     out = run(0)
     assert out.tokens.shape == canvas.shape
     fixed = ~canvas.editable
     assert torch.equal(out.tokens[fixed], canvas.tokens[fixed]), "prompt, fixed text and padding never change"
-    assert not (out.tokens[canvas.editable] == tokenizer.mask_id).any(), "no mask left"
+    written = out.tokens[canvas.editable]
+    assert not (written == tokenizer.mask_id).any() and not (written == tokenizer.pad_id).any(), "no mask/pad left"
     assert out.nfe == denoiser.calls and 1 <= out.nfe <= steps
-    assert [s.step for s in seen] == list(range(1, steps + 1)) and seen[-1].nfe == out.nfe
-    assert len(out.history) == steps and torch.equal(out.history[-1], out.tokens)
+    assert [s.step for s in seen] == list(range(1, out.steps + 1)) and seen[-1].nfe == out.nfe
+    assert len(out.history) == out.steps and torch.equal(out.history[-1], out.tokens)
     for info in seen:  # nothing outside the editable positions is ever written
         assert not (info.changed & fixed).any()
     assert out.generated == int(canvas.editable.sum(1).max()) and out.seconds >= 0

@@ -13,12 +13,16 @@ from dlm.sampling import SAMPLERS, Canvas, infill_canvas, parse_template
 from dlm.training.checkpoint import Checkpoint, load_checkpoint
 from dlm.training.performance import resolve_device
 
-DEFAULT_TEMPERATURE = {"confidence": 0.0, "ancestral": 1.0}
+DEFAULT_TEMPERATURE = {"confidence": 0.0}  # LLaDA decodes greedily; every other sampler samples at 1
 
 
 def sampler_call(args: argparse.Namespace, ckpt: Checkpoint, canvas: Canvas, generated: int, callback=None):
     """Run the chosen sampler with the knobs the user gave; refuse knobs it does not take."""
-    name = args.sampler or getattr(ckpt.process, "default_sampler", "confidence")
+    process = ckpt.process
+    name = args.sampler or process.default_sampler
+    if name not in process.samplers:
+        raise DlmError(f"the {name} sampler cannot sample a {process.name} model; use "
+                       f"{' or '.join('--sampler ' + s for s in process.samplers)}")
     sampler = SAMPLERS[name]
     knobs = {"block_length": args.block_length, "top_k": args.top_k, "top_p": args.top_p}
     knobs = {k: v for k, v in knobs.items() if v is not None}
@@ -39,6 +43,8 @@ def sampler_call(args: argparse.Namespace, ckpt: Checkpoint, canvas: Canvas, gen
 
 
 def check_fits(ckpt: Checkpoint, total: int, what: str) -> None:
+    if getattr(ckpt.process, "extends_context", False):
+        return  # its sampler slides a window over the text: any length works
     if total > ckpt.context_length:
         raise DlmError(f"{what} need {total} tokens, more than the model's context of {ckpt.context_length}; "
                        f"shorten the text or generate fewer tokens")
@@ -72,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         texts_key = "samples"
     else:
         pieces = parse_template(args.text)
+        spans = [i for i, p in enumerate(pieces) if isinstance(p, int)]
+        if not ckpt.process.infills and spans and any(not isinstance(p, int) and p for p in pieces[spans[0]:]):
+            raise DlmError(f"a {ckpt.process.name} model writes left to right, so it cannot fill a span that has text "
+                           f"after it; use a masked, uniform or gaussian diffusion model, or end the text with the span")
         infill = infill_canvas(pieces, tok, num_samples=args.num_samples, device=device)
         canvas = infill.canvas
         check_fits(ckpt, canvas.shape[1], "the text and its spans")
@@ -87,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         out, name, steps, temperature = sampler_call(args, ckpt, canvas, generated)
     texts = [finish(out.tokens, b) for b in range(canvas.shape[0])]
     total_generated = generated * canvas.shape[0]
-    payload = {texts_key: texts, "nfe": out.nfe, "steps": steps, "seconds": out.seconds,
+    payload = {texts_key: texts, "nfe": out.nfe, "steps": out.steps, "seconds": out.seconds,
                "tokens_per_second": total_generated / max(out.seconds, 1e-9),
                "tokens_per_forward": out.tokens_per_forward, "sampler": name, "temperature": temperature,
                "seed": args.seed}
@@ -103,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             if len(texts) > 1:
                 print(f"--- sample {i + 1}")
             print(text)
-    print(f"[{name} sampler: {steps} steps, {out.nfe} forward passes, {out.seconds:.2f} s, "
+    print(f"[{name} sampler: {out.steps} steps, {out.nfe} forward passes, {out.seconds:.2f} s, "
           f"{payload['tokens_per_second']:.0f} tokens/s, {out.tokens_per_forward:.2f} tokens per forward]",
           file=sys.stderr)
     return 0

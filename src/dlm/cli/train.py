@@ -11,15 +11,18 @@ from dlm.training.config import TrainConfig
 
 HELP = {
     "out": "run folder for checkpoints and metrics.jsonl (required)",
-    "process": "forward process (masked)",
+    "process": "forward process: masked, uniform, gaussian, block (--block-size) or ar",
+    "block_size": "block diffusion: tokens per block (1 = autoregressive, --seq-len = masked diffusion)",
     "preset": "model size: tiny (~1M params), small (~10M), base (~40M)",
     "data": "shakespeare, pystdlib, or a path: .txt file, folder of .txt files, .jsonl with a \"text\" field",
     "tokenizer": "char or bpe",
     "steps": "optimizer steps (default 2000 unless --minutes is given)",
     "minutes": "wall-clock budget for the whole run; sizes the number of steps",
-    "objective": "nelbo (exact weights) or normalized (lower variance); evaluation is always the NELBO",
+    "objective": "masked/block: nelbo (exact weights) or normalized (lower variance); empty = the process's "
+                 "default; evaluation always reports the bound",
     "optimizer": "muon (Muon on hidden matrices, AdamW on the rest) or adamw",
-    "schedule": "alpha(t) for training: linear, cosine, loglinear, polynomial",
+    "schedule": "noise schedule for training (masked/uniform/block: linear, cosine, loglinear, polynomial; "
+                "gaussian: sqrt, cosine); empty = the process's default",
     "precision": "auto (bf16 autocast where the CPU/GPU has bf16 units), bf16 or fp32",
     "compile": "torch.compile the transformer blocks (--no-compile to skip the ~15 s compile)",
     "seed": "seed for initialisation, data order and noise",

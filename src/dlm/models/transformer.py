@@ -1,11 +1,16 @@
 """One readable transformer for every process: RMSNorm, RoPE, SwiGLU, SDPA attention.
 
 Bidirectional by default (a denoiser sees the whole canvas), causal by flag (the AR
-baseline). Optional time conditioning through adaLN-Zero (Peebles & Xie, DiT, 2023): off
-by default, because a masked-diffusion denoiser can read the noise level off the canvas
+baseline); a process that needs another pattern (block diffusion) passes its own mask and
+positions. Optional time conditioning through adaLN-Zero (Peebles & Xie, DiT, 2023): off by
+default, because a masked-diffusion denoiser can read the noise level off the canvas
 (Sahoo et al., MDLM, 2024, sec. 3.2; Ou et al., RADD, 2024).
 
-The module is a Denoiser: ``model(x_t, t, attention_mask=...) -> logits (B, L, V)``.
+The module is a Denoiser: ``model(x_t, t, attention_mask=...) -> logits (B, L, V)``. With
+``embed_dim > 0`` it is a denoiser of *vectors* instead (Diffusion-LM): x_t (B, L, E) noisy
+embeddings -> (B, L, E) predicted clean embeddings; ``embed_tokens`` and ``rounding_logits``
+give the process the learned embedding and its tied rounding head. A ``KVCache`` keeps the
+keys and values of committed tokens for the AR and block samplers.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class ModelConfig:
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = True  # output head shares the token embedding matrix
+    embed_dim: int = 0  # > 0: continuous input/output of this width (embedding diffusion); 0: token ids
 
     def __post_init__(self):
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
@@ -41,6 +47,8 @@ class ModelConfig:
             )
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.embed_dim < 0:
+            raise ValueError(f"embed_dim must be >= 0, got {self.embed_dim}")
         if self.vocab_size < 1 or self.n_layers < 1 or self.max_len < 1:
             raise ValueError(f"vocab_size, n_layers and max_len must be positive: {self}")
 
@@ -103,12 +111,51 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, cau
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+    # q (B, H, Lq, hd); k, v (B, H, Lk, hd); mask broadcastable to (B, H, Lq, Lk), True = attend
     """SDPA, except in bf16 training on CPU at L <= 512, where PyTorch's flash-attention
     backward runs at about half the speed of the explicit product (measured on a 2-core AMX
     CPU, B=64 H=4 L=256: 73 ms against 35 ms forward+backward; SDPA wins in every other case)."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled() and q.shape[-2] <= 512:
         return explicit_attention(q, k, v, mask, causal)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+
+
+class KVCache:
+    """Rotated keys and values of committed tokens, per layer, each (B, H, Lc, hd), and which of
+    those Lc positions are real tokens (B, Lc).
+
+    A forward pass with ``cache=`` attends to the cached tokens before its own (through the mask
+    its caller builds, usually from ``valid``); with ``commit=n`` it also appends the keys, values
+    and attention_mask of its first n tokens. ``crop(n)`` keeps the last n tokens:
+    RoPE attention depends only on relative positions, so a window of at most the trained
+    context lets a model generate past it."""
+
+    def __init__(self):
+        self.keys: list[Tensor] = []  # one entry per layer, filled by the first committing pass
+        self.values: list[Tensor] = []
+        self.valid: Tensor | None = None  # (B, Lc) bool: False for cached padding
+
+    def __len__(self) -> int:
+        return 0 if self.valid is None else self.valid.shape[1]
+
+    def layer(self, i: int) -> tuple[Tensor | None, Tensor | None]:
+        return (self.keys[i], self.values[i]) if i < len(self.keys) else (None, None)
+
+    def store(self, i: int, k: Tensor, v: Tensor) -> None:
+        if i == len(self.keys):
+            self.keys.append(k)
+            self.values.append(v)
+        else:
+            self.keys[i] = torch.cat([self.keys[i], k], dim=2)
+            self.values[i] = torch.cat([self.values[i], v], dim=2)
+
+    def crop(self, n: int) -> None:
+        """Keep the last n cached positions."""
+        if len(self) <= n:
+            return
+        self.keys = [k[:, :, -n:] for k in self.keys]
+        self.values = [v[:, :, -n:] for v in self.values]
+        self.valid = self.valid[:, -n:]
 
 
 class Attention(nn.Module):
@@ -119,13 +166,19 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool,
+                past: tuple[Tensor | None, Tensor | None] = (None, None)) -> tuple[Tensor, Tensor, Tensor]:
+        """-> output (B, L, D) and this call's rotated keys and values (B, H, L, hd) for a cache.
+        `past` holds cached keys/values (B, H, Lc, hd) that the queries also attend to."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, hd)
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = attention(q, k, v, mask, causal)  # (B, H, L, hd)
-        return self.out(y.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
+        k_all, v_all = k, v
+        if past[0] is not None:
+            k_all, v_all = torch.cat([past[0].to(k.dtype), k], dim=2), torch.cat([past[1].to(v.dtype), v], dim=2)
+        y = attention(q, k_all, v_all, mask, causal)  # (B, H, L, hd)
+        return self.out(y.transpose(1, 2).reshape(B, L, D)), k, v  # (B, L, D)
 
 
 class SwiGLU(nn.Module):
@@ -153,13 +206,16 @@ class Block(nn.Module):
         self.modulation = nn.Linear(cfg.d_model, 6 * cfg.d_model) if cfg.time_conditioning else None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool,
-                temb: Tensor | None) -> Tensor:
+                temb: Tensor | None, past: tuple = (None, None)) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (B, L, D), and the attention's keys and values (for a KV cache)."""
         if self.modulation is None:
-            x = x + self.attn(self.norm1(x), cos, sin, mask, causal)
-            return x + self.ffn(self.norm2(x))
+            a, k, v = self.attn(self.norm1(x), cos, sin, mask, causal, past)
+            x = x + a
+            return x + self.ffn(self.norm2(x)), k, v
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(temb)[:, None].chunk(6, dim=-1)  # (B, 1, D)
-        x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, mask, causal)
-        return x + gate2 * self.ffn(self.norm2(x) * (1 + scale2) + shift2)
+        a, k, v = self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, mask, causal, past)
+        x = x + gate1 * a
+        return x + gate2 * self.ffn(self.norm2(x) * (1 + scale2) + shift2), k, v
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -174,10 +230,15 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        # Token ids in: the embedding is the model's input (and tied head). Vectors in (embed_dim > 0):
+        # the embedding is Diffusion-LM's learned E (V x E), projected in and out of the d_model stream.
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim or cfg.d_model)
+        if cfg.embed_dim:
+            self.input_proj = nn.Linear(cfg.embed_dim, cfg.d_model)
+            self.output_proj = nn.Linear(cfg.d_model, cfg.embed_dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head = None if cfg.tie_embeddings or cfg.embed_dim else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.time_conditioning:
             self.time_mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.SiLU(),
                                           nn.Linear(cfg.d_model, cfg.d_model))
@@ -199,6 +260,8 @@ class Transformer(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+        if self.config.embed_dim:
+            nn.init.normal_(self.embed.weight, std=1.0)  # Diffusion-LM's E starts at unit scale, like the noise
         for block in self.blocks:
             nn.init.normal_(block.attn.out.weight, std=residual_std)
             nn.init.normal_(block.ffn.down.weight, std=residual_std)
@@ -212,21 +275,43 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x_t: Tensor, t: Tensor | None = None, *, attention_mask: Tensor | None = None) -> Tensor:
-        """x_t (B, L) token ids, t (B,) noise level in [0, 1], attention_mask (B, L) bool
-        (False = padding) -> logits (B, L, V)."""
+    def embed_tokens(self, ids: Tensor) -> Tensor:
+        """(B, L) token ids -> (B, L, E) their learned embeddings (the vector-input mode's x_0)."""
+        return self.embed(ids)
+
+    def rounding_logits(self, x: Tensor) -> Tensor:
+        """(B, L, E) vectors -> (B, L, V): x . E_v, the rounding head tied to the embedding (Diffusion-LM)."""
+        return F.linear(x, self.embed.weight)
+
+    def forward(self, x_t: Tensor, t: Tensor | None = None, *, attention_mask: Tensor | None = None,
+                positions: Tensor | None = None, mask: Tensor | None = None, cache: KVCache | None = None,
+                commit: int = 0) -> Tensor:
+        """x_t (B, L) token ids (or (B, L, E) vectors when embed_dim > 0), t (B,) noise level in [0, 1],
+        attention_mask (B, L) bool (False = padding) -> logits (B, L, V) (or vectors (B, L, E)).
+
+        For structured attention (block diffusion, cached decoding) pass `positions` (B, L) and
+        `mask` (B or 1, 1, L, Lc + L) bool (True = may attend; the first Lc keys are the cache's).
+        `cache` adds cached keys/values before this call's; `commit` = n appends the keys/values of
+        this call's first n tokens to it (the clean tokens of a call that also denoises others)."""
         cfg = self.config
-        B, L = x_t.shape
+        B, L = x_t.shape[:2]
         causal = cfg.attention == "causal"
-        if attention_mask is None:
-            positions = torch.arange(L, device=x_t.device).expand(B, L)  # (B, L)
-            mask = None
-        else:
-            # Count positions over real tokens only, so that left padding does not move them.
-            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+        if mask is not None:
+            causal = False  # the caller's mask says everything
+            if positions is None:
+                raise ValueError("an explicit attention mask needs explicit positions")
+        elif cache is not None and len(cache):
+            raise ValueError("attending to a KV cache needs an explicit mask and positions")
+        elif attention_mask is not None:
             mask = attention_mask[:, None, None, :]  # (B, 1, 1, L): keys that may be attended to
             if causal:
                 mask = mask & torch.ones(L, L, dtype=torch.bool, device=x_t.device).tril()  # (B, 1, L, L)
+        if positions is None:
+            if attention_mask is None:
+                positions = torch.arange(L, device=x_t.device).expand(B, L)  # (B, L)
+            else:
+                # Count positions over real tokens only, so that left padding does not move them.
+                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
         cos, sin = rope_angles(positions, cfg.d_model // cfg.n_heads, cfg.rope_base)
 
         temb = None
@@ -235,12 +320,26 @@ class Transformer(nn.Module):
                 raise ValueError("this model is time-conditioned: pass t (B,) in [0, 1]")
             temb = F.silu(self.time_mlp(timestep_embedding(t, cfg.d_model)))  # (B, D)
 
-        h = self.embed(x_t)  # (B, L, D)
-        for block in self.blocks:
-            h = block(h, cos, sin, mask, causal, temb)
+        if cfg.embed_dim:
+            if not x_t.is_floating_point():
+                raise ValueError(f"this model denoises vectors (B, L, {cfg.embed_dim}); embed token ids first")
+            h = self.input_proj(x_t)  # (B, L, D)
+        else:
+            h = self.embed(x_t)  # (B, L, D)
+        for i, block in enumerate(self.blocks):
+            past = cache.layer(i) if cache is not None else (None, None)
+            h, k, v = block(h, cos, sin, mask, causal, temb, past)
+            if commit:
+                cache.store(i, k[:, :, :commit], v[:, :, :commit])
+        if commit:
+            real = attention_mask if attention_mask is not None else torch.ones(B, L, dtype=torch.bool, device=h.device)
+            real = real[:, :commit]  # (B, commit)
+            cache.valid = real if cache.valid is None else torch.cat([cache.valid, real], dim=1)
         h = self.norm(h)
         if temb is not None:
             shift, scale = self.final_modulation(temb)[:, None].chunk(2, dim=-1)  # (B, 1, D)
             h = h * (1 + scale) + shift
+        if cfg.embed_dim:
+            return self.output_proj(h)  # (B, L, E): the predicted clean embeddings
         weight = self.embed.weight if self.head is None else self.head.weight
         return F.linear(h, weight)  # (B, L, V)

@@ -1,10 +1,12 @@
 """Forward (noising) processes and their losses, one file each; PROCESSES maps names to them."""
 
+from dlm.processes.autoregressive import Autoregressive
 from dlm.processes.base import (Denoiser, ForwardProcess, LossOutput, gumbel_noise, low_discrepancy_times,
                                 sample_categorical)
+from dlm.processes.block import BlockDiffusion
 from dlm.processes.masked import MaskedDiffusion
 
-PROCESSES: dict[str, type] = {"masked": MaskedDiffusion}
+PROCESSES: dict[str, type] = {"masked": MaskedDiffusion, "block": BlockDiffusion, "ar": Autoregressive}
 
-__all__ = ["Denoiser", "ForwardProcess", "LossOutput", "MaskedDiffusion", "PROCESSES", "gumbel_noise",
-           "low_discrepancy_times", "sample_categorical"]
+__all__ = ["Autoregressive", "BlockDiffusion", "Denoiser", "ForwardProcess", "LossOutput", "MaskedDiffusion",
+           "PROCESSES", "gumbel_noise", "low_discrepancy_times", "sample_categorical"]

@@ -23,7 +23,29 @@ class LossOutput:
 
 
 class ForwardProcess(Protocol):
+    """A forward (noising) process with its objective and its exact reverse step.
+
+    Besides the methods, each process says what it is to the layers above, so that nothing
+    above `processes/` branches on which process it is:
+      name             registry key ("masked", "uniform", "gaussian", "block", "ar")
+      bound            what `nelbo` estimates, in words (e.g. "NELBO (upper bound on -log p)")
+      default_sampler  the SAMPLERS entry `dlm generate` uses by default
+      samplers         the SAMPLERS entries that can sample it
+      infills          whether it can generate a span that has fixed text after it
+      schedules        the noise schedule names its config accepts
+      TRAINING_DEFAULTS  config entries `dlm train` uses unless told otherwise
+      model_options()  ModelConfig fields the denoiser must have (attention, time_conditioning, ...)
+    """
+
     name: str
+    bound: str
+    default_sampler: str
+    samplers: tuple[str, ...]
+    infills: bool
+
+    def model_options(self) -> dict: ...
+
+    def config(self) -> dict: ...
 
     def prior(self, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
               device: torch.device | str = "cpu") -> Tensor: ...

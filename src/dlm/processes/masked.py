@@ -13,19 +13,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dlm.processes.base import Denoiser, LossOutput, low_discrepancy_times, sample_categorical
-from dlm.schedules import LinearSchedule, Schedule, make_schedule, schedule_to_dict
+from dlm.schedules import SCHEDULES, LinearSchedule, Schedule, make_schedule, schedule_to_dict
 
 OBJECTIVES = ("nelbo", "normalized")
 
 
 class MaskedDiffusion:
     name = "masked"
-    attention = "bidirectional"  # the denoiser sees the whole canvas
     # Exact reverse steps sample the model's distribution; confidence decoding is faster per token but,
     # with small models, collapses into runs of the most frequent token (spaces) once they are committed.
     default_sampler = "ancestral"
+    samplers = ("ancestral", "confidence")
+    bound = "NELBO (upper bound on -log p)"
+    infills = True
+    schedules = tuple(SCHEDULES)  # the noise schedules it accepts
+    # What `dlm train` uses unless told otherwise (measured in 5-minute runs; docs/architecture.md).
+    TRAINING_DEFAULTS = {"schedule": {"name": "polynomial"}, "objective": "normalized"}
 
-    def __init__(self, *, vocab_size: int, mask_id: int, schedule: Schedule | None = None,
+    def __init__(self, *, vocab_size: int, mask_id: int, pad_id: int | None = None, schedule: Schedule | None = None,
                  time_eps: float = 1e-3, objective: str = "nelbo"):
         """vocab_size and mask_id come from the tokenizer. `objective` is what training
         minimises: "nelbo" (the exact bound, weight -alpha'/(1 - alpha)) or "normalized"
@@ -40,12 +45,18 @@ class MaskedDiffusion:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.vocab_size = vocab_size
         self.mask_id = mask_id
+        # Zero probability on [MASK] (SUBS) and on padding, which never occurs in training text.
+        self.banned_ids = (mask_id,) if pad_id is None else (mask_id, pad_id)
         self.schedule = schedule or LinearSchedule()
         self.time_eps = time_eps
         self.objective = objective
 
     def __repr__(self) -> str:
         return f"MaskedDiffusion(schedule={self.schedule}, objective={self.objective!r})"
+
+    def model_options(self) -> dict:
+        """A masked denoiser sees the whole canvas and needs no time input (the mask count says it)."""
+        return {"attention": "bidirectional", "time_conditioning": False}
 
     def config(self) -> dict:
         """What a checkpoint stores; token ids are not stored: they come from the tokenizer."""
@@ -55,7 +66,7 @@ class MaskedDiffusion:
     @classmethod
     def from_config(cls, config: dict, *, vocab_size: int, special_ids: dict[str, int]) -> "MaskedDiffusion":
         """Inverse of config(); special_ids maps "mask" (and others) to the tokenizer's ids."""
-        return cls(vocab_size=vocab_size, mask_id=special_ids["mask"],
+        return cls(vocab_size=vocab_size, mask_id=special_ids["mask"], pad_id=special_ids.get("pad"),
                    schedule=make_schedule(**config.get("schedule", {"name": "linear"})),
                    time_eps=config.get("time_eps", 1e-3), objective=config.get("objective", "nelbo"))
 
@@ -68,8 +79,9 @@ class MaskedDiffusion:
     def corrupt(self, x0: Tensor, t: Tensor, *, loss_mask: Tensor | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
         """x_t ~ q(x_t | x_0) = Cat(alpha_t x_0 + (1 - alpha_t) m)  (MDLM eq. 2), per token.
-        x0 (B, L), t (B,); positions where loss_mask is False are never masked."""
-        alpha = self.schedule.alpha(t.double())[:, None]  # (B, 1)
+        x0 (B, L), t (B,) or per token (B, L); positions where loss_mask is False are never masked."""
+        alpha = self.schedule.alpha(t.double())
+        alpha = alpha[:, None] if alpha.dim() == 1 else alpha  # (B, 1) or (B, L)
         u = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64)  # (B, L)
         masked = u >= alpha  # P(masked) = 1 - alpha_t
         if loss_mask is not None:
@@ -78,8 +90,8 @@ class MaskedDiffusion:
 
     # -- denoiser output --------------------------------------------------------------
     def x0_logits(self, logits: Tensor) -> Tensor:
-        """Logits of p_theta(x_0 | x_t) in float32 with zero probability on [MASK] (SUBS)."""
-        banned = torch.tensor([self.mask_id], device=logits.device)
+        """Logits of p_theta(x_0 | x_t) in float32 with zero probability on [MASK] (SUBS) and padding."""
+        banned = torch.tensor(self.banned_ids, device=logits.device)
         return logits.float().index_fill(-1, banned, float("-inf"))
 
     # -- objective --------------------------------------------------------------------

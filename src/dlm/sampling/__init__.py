@@ -1,12 +1,16 @@
-"""Samplers are plain functions over (denoiser, process, canvas); SAMPLERS maps names to them."""
+"""Samplers are plain functions over (denoiser, process, canvas); SAMPLERS maps names to them.
+Each process lists the samplers that can sample it (`process.samplers`)."""
 
 from dlm.sampling.ancestral import sample_ancestral
+from dlm.sampling.autoregressive import sample_autoregressive
+from dlm.sampling.block import sample_blocks
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.confidence import sample_confidence
 from dlm.sampling.infill import InfillCanvas, infill_canvas, parse_template
 from dlm.sampling.result import SampleOutput, StepInfo
 
-SAMPLERS = {"ancestral": sample_ancestral, "confidence": sample_confidence}
+SAMPLERS = {"ancestral": sample_ancestral, "confidence": sample_confidence, "block": sample_blocks,
+            "autoregressive": sample_autoregressive}
 
 __all__ = ["Canvas", "InfillCanvas", "SAMPLERS", "SampleOutput", "StepInfo", "infill_canvas", "parse_template",
-           "sample_ancestral", "sample_confidence"]
+           "sample_ancestral", "sample_autoregressive", "sample_blocks", "sample_confidence"]

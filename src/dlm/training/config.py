@@ -20,10 +20,11 @@ PRECISIONS = ("auto", "bf16", "fp32")
 class TrainConfig:
     out: str = "runs/dlm"  # run folder: checkpoints, metrics.jsonl
     # what to train
-    process: str = "masked"
-    schedule: str = "polynomial"  # alpha(t) for training times: the NELBO does not depend on it, but
-    # alpha = 1 - t^2 draws more lightly-masked sequences, which trained better here (see README)
-    objective: str = "normalized"  # "nelbo" (exact 1/t weights) or "normalized" (lower variance); eval is always the NELBO
+    process: str = "masked"  # masked, uniform, gaussian, block or ar
+    schedule: str = ""  # noise schedule for training; "" = the process's training default (for masked diffusion
+    # alpha = 1 - t^2: the NELBO does not depend on it, but lightly-masked sequences trained better here)
+    objective: str = ""  # masked/block: "nelbo" (exact weights) or "normalized" (lower variance); "" = default
+    block_size: int = 16  # block diffusion only: tokens per block (1 = AR, seq_len = masked diffusion)
     preset: str = "tiny"  # model size: tiny (~1M), small (~10M), base (~40M)
     data: str = "shakespeare"  # built-in corpus name or a path (.txt, folder of .txt, .jsonl)
     tokenizer: str = "char"  # "char" or "bpe"
@@ -66,6 +67,8 @@ class TrainConfig:
             raise DlmError(f"seq_len must be at least 2, got {self.seq_len}")
         if self.steps < 0 or self.minutes < 0:
             raise DlmError("--steps and --minutes must not be negative")
+        if self.block_size < 1:
+            raise DlmError(f"block_size must be at least 1, got {self.block_size}")
         if self.lr <= 0:
             raise DlmError(f"lr must be positive, got {self.lr}")
 

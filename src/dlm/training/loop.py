@@ -111,6 +111,23 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def build_process(config: TrainConfig, tokenizer: Tokenizer):
+    """The forward process a training configuration asks for: the process's training defaults,
+    overridden by what the configuration sets."""
+    if config.process not in PROCESSES:
+        raise DlmError(f"unknown process {config.process!r}; choose one of {sorted(PROCESSES)}")
+    cls = PROCESSES[config.process]
+    settings = {**getattr(cls, "TRAINING_DEFAULTS", {}), "name": config.process, "block_size": config.block_size}
+    if config.schedule:
+        settings["schedule"] = {"name": config.schedule}
+    if config.objective:
+        settings["objective"] = config.objective
+    try:
+        return cls.from_config(settings, vocab_size=tokenizer.vocab_size, special_ids=tokenizer.specials)
+    except (KeyError, ValueError) as e:
+        raise DlmError(f"cannot build the {config.process} process: {e}") from None
+
+
 class Run:
     """Everything one training run carries from step to step, and what can be done with it."""
 
@@ -129,14 +146,10 @@ class Run:
         self.config = config
         self.data = prepare_data(config, tokenizer)
         tokenizer = self.data.tokenizer
-        if config.process not in PROCESSES:
-            raise DlmError(f"unknown process {config.process!r}; choose one of {sorted(PROCESSES)}")
-        self.process = PROCESSES[config.process].from_config(
-            {"name": config.process, "schedule": {"name": config.schedule}, "objective": config.objective},
-            vocab_size=tokenizer.vocab_size, special_ids=tokenizer.specials)
+        self.process = build_process(config, tokenizer)
         try:
             model_config = preset_config(config.preset, vocab_size=tokenizer.vocab_size, max_len=config.seq_len,
-                                         attention=self.process.attention)
+                                         **self.process.model_options())
         except KeyError as e:
             raise DlmError(str(e.args[0])) from None
         torch.manual_seed(config.seed)
