@@ -70,3 +70,39 @@ class OracleDenoiser:
 
 # A chain with strong dependence between neighbours (a product of marginals is far from it).
 CHAIN = MarkovChain([0.5, 0.3, 0.2], [[0.1, 0.8, 0.1], [0.2, 0.1, 0.7], [0.7, 0.2, 0.1]])
+
+
+class UniformOracleDenoiser:
+    """Exact p(x0_l | x_t) for a MarkovChain under uniform-state noise at time t.
+
+    Ids: the chain's data tokens 0..V-1, then mask_id = V and pad_id = V + 1 (never noise
+    states), then any further ids in noise_ids (noise states that never occur in the data).
+    The posterior over complete sequences is prior(x0) * prod_l q_t(x_t^l | x0^l), with
+    q_t(y | c) = alpha_t 1{y = c} + (1 - alpha_t)/N and N = len(noise_ids); it is marginalised
+    per position. The denoiser must be told t: noise looks like data.
+    """
+
+    time_conditioned = True
+
+    def __init__(self, chain: MarkovChain, length: int, schedule, noise_ids):
+        self.chain, self.length, self.schedule = chain, length, schedule
+        self.mask_id, self.pad_id = chain.V, chain.V + 1
+        self.noise_ids = sorted(int(i) for i in noise_ids)
+        if not set(range(chain.V)) <= set(self.noise_ids) or {self.mask_id, self.pad_id} & set(self.noise_ids):
+            raise ValueError(f"noise_ids must hold every data token and neither mask nor pad: {self.noise_ids}")
+        self.num_states = len(self.noise_ids)
+        self.vocab_size = max(chain.V + 2, max(self.noise_ids) + 1)
+        self.outcomes = torch.tensor(list(itertools.product(range(chain.V), repeat=length)))  # (S, L)
+        self.log_p = chain.log_prob(self.outcomes)  # (S,)
+        self.one_hot = torch.nn.functional.one_hot(self.outcomes, chain.V).double()  # (S, L, V)
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, *, attention_mask=None) -> torch.Tensor:
+        a = self.schedule.alpha(t.double())[:, None, None]  # (B, 1, 1)
+        b = (1.0 - a) / self.num_states
+        same = (self.outcomes[None] == x_t[:, None]).double()  # (B, S, L)
+        log_lik = (a * same + b).log().sum(-1)  # (B, S): log prod_l q_t(x_t^l | x0^l)
+        w = torch.softmax(self.log_p[None] + log_lik, dim=-1)  # (B, S): posterior over complete sequences
+        marginal = torch.einsum("bs,slv->blv", w, self.one_hot)  # (B, L, V)
+        logits = torch.full((*x_t.shape, self.vocab_size), -math.inf, dtype=torch.float64)
+        logits[..., : self.chain.V] = marginal.clamp_min(1e-300).log()
+        return logits.float()  # (B, L, vocab_size)

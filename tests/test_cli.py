@@ -151,3 +151,28 @@ def test_demo_trains_once_then_reuses_its_model(tmp_path, capsys):
     second = run_json(capsys, ["demo", "--cache", cache])
     assert second["cached"] is True and second["bits_per_char"] == first["bits_per_char"]
     assert second["seconds"] < 30
+
+
+@pytest.mark.parametrize("process", ["uniform", "gaussian", "block", "ar"])
+def test_every_process_trains_evaluates_and_samples_from_the_command_line(process, tmp_path, capsys):
+    data = write_corpus(tmp_path / "c.txt")
+    run = str(tmp_path / process)
+    trained = run_json(capsys, ["train", "--process", process, "--block-size", "8", "--data", data, "--out", run,
+                                "--steps", "3", "--seq-len", "32", "--batch-size", "4", "--eval-chunks", "2",
+                                "--final-eval-chunks", "2", "--no-compile", "--precision", "fp32"])
+    assert trained["step"] == 3 and trained["bits_per_char"] > 0
+    evaluated = run_json(capsys, ["eval", run, "--chunks", "4", "--samples", "2"])
+    assert evaluated["process"] == process and evaluated["bits_per_char"] > 0 and evaluated["bound"]
+    # AR and block diffusion write past the trained context (32) through their sliding window
+    length = 40 if process in ("ar", "block") else 10
+    generated = run_json(capsys, ["generate", run, "--prompt", "To be", "--length", str(length), "--steps", "10"])
+    sample = generated["samples"][0]  # (an end-of-text token decodes to nothing)
+    assert sample.startswith("To be") and 5 < len(sample) <= 5 + length
+    assert 1 <= generated["nfe"] <= max(10, length)
+    if process in ("ar", "block"):
+        fails(capsys, ["infill", run, "--text", "To <fill:3> or not"], "cannot fill a span that has text after it")
+        fails(capsys, ["generate", run, "--prompt", "To", "--length", "4", "--sampler", "ancestral"],
+              "cannot sample")
+    else:
+        filled = run_json(capsys, ["infill", run, "--text", "To <fill:3> or not", "--steps", "6"])
+        assert filled["text"].startswith("To ") and filled["text"].endswith(" or not")

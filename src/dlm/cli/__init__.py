@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_arguments(sub.add_parser("train", help="train a model (or resume a run)",
                                    description="Train a diffusion LM on a corpus; checkpoints go to --out."))
 
-    p = sub.add_parser("eval", help="validation bits/char (NELBO bound) of a checkpoint",
+    p = sub.add_parser("eval", help="validation bits/char (the likelihood bound of its process) of a checkpoint",
                        description="Monte-Carlo NELBO of a checkpoint on held-out text, in bits per character "
                                    "and per token, with its standard error.")
     p.add_argument("checkpoint", metavar="DIR")

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"checkpoint: {result.checkpoint} (step {result.step})", file=sys.stderr)
         if v:
-            print(f"validation: {v['val_bits_per_char']:.4f} ± {v['val_stderr']:.4f} bits/char (NELBO bound)",
+            print(f"validation: {v['val_bits_per_char']:.4f} ± {v['val_stderr']:.4f} bits/char (validation bound; `dlm eval` says which)",
                   file=sys.stderr)
         print(f"throughput: {result.tokens_per_second:,.0f} tokens/s over {result.seconds:.0f} s", file=sys.stderr)
     return 0
