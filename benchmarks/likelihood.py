@@ -6,9 +6,10 @@ table of validation bits/char (with standard error) and training tokens/s, all f
     python benchmarks/likelihood.py --json results.json --markdown results.md
 
 A process is written `name` or `block:B` (block diffusion with blocks of B tokens). Each is
-trained with `dlm.training.train` (its own training defaults; everything else shared), then
-evaluated on the same evenly spaced validation chunks with `--samples` Monte-Carlo draws per
-chunk. What each figure is differs, and the table says it: AR is an exact likelihood; masked,
+trained by `dlm train` in a fresh interpreter (its own training defaults; everything else
+shared; one process per interpreter, so torch.compile's caches of one model never slow down
+the next), then evaluated by `dlm eval` on the same evenly spaced validation chunks with
+`--samples` Monte-Carlo draws per chunk. What each figure is differs, and the table says it: AR is an exact likelihood; masked,
 uniform and block diffusion report the NELBO (an upper bound); gaussian reports the VDM
 variational bound with its rounding decoder. All are in bits per character of the same text.
 
@@ -21,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-from dlm.evaluation.likelihood import evaluate_checkpoint
-from dlm.training import TrainConfig, load_checkpoint, train
 
 DEFAULT_PROCESSES = ["ar", "block:4", "block:16", "masked", "uniform", "gaussian"]
 
@@ -37,22 +36,31 @@ def parse_process(spec: str) -> dict:
     return {"process": name, **({"block_size": int(size)} if size else {})}
 
 
+def dlm(*argv: str) -> dict:
+    """Run a `dlm` command in a fresh interpreter; its --json object."""
+    done = subprocess.run([sys.executable, "-m", "dlm", *argv, "--json"], stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"`dlm {' '.join(argv)}` failed (exit {done.returncode})")
+    return json.loads(done.stdout)
+
+
 def run_one(spec: str, args, root: Path) -> dict:
     settings = parse_process(spec)
     out = root / spec.replace(":", "-")
-    config = TrainConfig(out=str(out), preset=args.preset, data=args.data, minutes=args.minutes, seed=args.seed,
-                         seq_len=args.seq_len, eval_every=10**9, final_eval_chunks=args.eval_chunks,
-                         eval_samples=1, **settings)
     print(f"== {spec}: training {args.minutes} min", file=sys.stderr, flush=True)
-    result = train(config, progress=not args.quiet)
-    ckpt = load_checkpoint(result.checkpoint)
+    train_flags = ["--process", settings["process"], "--block-size", str(settings.get("block_size", 16)),
+                   "--preset", args.preset, "--data", args.data, "--minutes", str(args.minutes),
+                   "--seed", str(args.seed), "--seq-len", str(args.seq_len), "--eval-every", str(10**9),
+                   "--eval-chunks", "16", "--final-eval-chunks", "16", "--eval-samples", "1", "--out", str(out)]
+    trained = dlm("train", *train_flags, *(["--no-progress"] if args.quiet else []))
     started = time.perf_counter()
-    est = evaluate_checkpoint(ckpt, chunks=args.eval_chunks, samples=args.samples, seed=args.seed)
-    return {"process": spec, "bound": ckpt.process.bound, "bits_per_char": est.bits_per_char,
-            "stderr": est.stderr, "stderr_chunks": est.stderr_chunks, "bits_per_token": est.bits_per_token,
-            "train_tokens_per_second": result.tokens_per_second, "steps": result.step,
-            "parameters": result.num_parameters, "eval_chunks": est.num_chunks,
-            "eval_samples": est.samples_per_chunk, "eval_seconds": time.perf_counter() - started}
+    est = dlm("eval", str(out), "--chunks", str(args.eval_chunks), "--samples", str(args.samples),
+              "--seed", str(args.seed))
+    return {"process": spec, "bound": est["bound"], "bits_per_char": est["bits_per_char"],
+            "stderr": est["stderr"], "stderr_chunks": est["stderr_chunks"], "bits_per_token": est["bits_per_token"],
+            "train_tokens_per_second": trained["tokens_per_second"], "steps": trained["step"],
+            "parameters": trained["num_parameters"], "eval_chunks": est["num_chunks"],
+            "eval_samples": est["samples_per_chunk"], "eval_seconds": time.perf_counter() - started}
 
 
 def markdown(rows: list[dict], args) -> str:

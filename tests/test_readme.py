@@ -54,3 +54,26 @@ def test_python_example_runs_as_written(workdir):
 def test_readme_names_the_two_setup_commands():
     text = README.read_text()
     assert "make run" in text and "make test" in text
+
+
+def test_process_examples_run_as_written(workdir, monkeypatch):
+    """The "Processes" examples: each `dlm train` shortened to a few steps, the rest as written."""
+    monkeypatch.chdir(workdir)
+    text = blocks("bash")[2].replace("\\\n", " ")
+    commands = [line.split("#")[0] for line in text.splitlines() if line.startswith("dlm ")]
+    assert sum(c.startswith("dlm train") for c in commands) >= 2 and len(commands) >= 4
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        if argv[0] == "train":
+            argv = [a for a in argv if a not in ("--minutes", "5")]
+            argv += ["--steps", "3", "--batch-size", "4", "--eval-chunks", "2", "--final-eval-chunks", "2",
+                     "--no-compile", "--no-progress"]
+        assert main(argv) == 0, command
+
+
+def test_sampling_examples_run_as_written(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    commands = [line for line in blocks("bash")[3].splitlines() if line.startswith("dlm ")]
+    assert len(commands) >= 5
+    for command in commands:
+        assert main(shlex.split(command)[1:]) == 0, command

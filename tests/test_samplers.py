@@ -117,18 +117,65 @@ def test_confidence_sampler_reproduces_llada(gen_length, block_length, steps, se
     assert out.nfe <= steps
 
 
-def test_confidence_sampler_is_batch_and_padding_invariant(tokenizer, process):
-    """At temperature 0 a prompt gets the same text alone, or left-padded in a batch of 8."""
-    model = tiny_model(tokenizer.vocab_size, seed=3)
-    prompts = ["To be", "Whether 'tis nobler in the", "The", "Or to take arms against", "No", "That flesh",
-               "Devoutly to", "To sleep"]
-    batch = Canvas.for_generation([tokenizer.encode(p) for p in prompts], 10, fill_id=tokenizer.mask_id,
-                                  pad_id=tokenizer.pad_id)
-    together = sample_confidence(model, process, batch, steps=5, block_length=5)
+def padded_canvas(prompts: list[list[int]], length: int, tokenizer, side: str) -> Canvas:
+    """Prompt + `length` positions to generate per row, padded on the left or the right."""
+    if side == "left":
+        return Canvas.for_generation(prompts, length, fill_id=tokenizer.mask_id, pad_id=tokenizer.pad_id)
+    width = max(len(p) for p in prompts) + length
+    tokens = torch.full((len(prompts), width), tokenizer.pad_id)
+    editable = torch.zeros(len(prompts), width, dtype=torch.bool)
     for b, p in enumerate(prompts):
-        alone = Canvas.for_generation([tokenizer.encode(p)], 10, fill_id=tokenizer.mask_id, pad_id=tokenizer.pad_id)
-        single = sample_confidence(model, process, alone, steps=5, block_length=5)
-        assert batch.generated(together.tokens, b) == alone.generated(single.tokens, 0), p
+        tokens[b, :len(p)] = torch.tensor(p, dtype=torch.long)
+        tokens[b, len(p):len(p) + length] = tokenizer.mask_id
+        editable[b, len(p):len(p) + length] = True
+    return Canvas(tokens, editable, tokens != tokenizer.pad_id)
+
+
+BATCH_PROMPTS = ["To be", "Whether 'tis nobler in the", "The", "Or to take arms against", "No", "That flesh",
+                 "Devoutly to", "To sleep"]
+
+
+@pytest.mark.parametrize("side", ["left", "right", "none"])
+@pytest.mark.parametrize("knobs", [{}, {"threshold": 0.5}, {"factor": 2.0, "confidence": "margin"}])
+def test_confidence_sampler_is_batch_and_padding_invariant(tokenizer, process, side, knobs):
+    """At temperature 0 a prompt gets the same text alone, or padded in a batch of 8."""
+    model = tiny_model(tokenizer.vocab_size, seed=3)
+    prompts = [tokenizer.encode(p) for p in (BATCH_PROMPTS if side != "none" else ["To be", "Or to"] * 4)]
+    batch = padded_canvas(prompts, 10, tokenizer, side)
+    together = sample_confidence(model, process, batch, steps=5, block_length=5, **knobs)
+    for b, p in enumerate(prompts):
+        alone = padded_canvas([p], 10, tokenizer, side)
+        single = sample_confidence(model, process, alone, steps=5, block_length=5, **knobs)
+        assert batch.generated(together.tokens, b) == alone.generated(single.tokens, 0), tokenizer.decode(p)
+
+
+def test_autoregressive_sampler_is_batch_and_padding_invariant(tokenizer):
+    process, model = build("ar", tokenizer)
+    prompts = [tokenizer.encode(p) for p in BATCH_PROMPTS]
+    batch = padded_canvas(prompts, 10, tokenizer, "left")
+    together = SAMPLERS["autoregressive"](model, process, batch, temperature=0.0)
+    for b, p in enumerate(prompts):
+        alone = padded_canvas([p], 10, tokenizer, "left")
+        single = SAMPLERS["autoregressive"](model, process, alone, temperature=0.0)
+        assert batch.generated(together.tokens, b) == alone.generated(single.tokens, 0), tokenizer.decode(p)
+
+
+def test_confidence_sampler_stops_when_every_row_has_ended(tokenizer, process):
+    """With eos_id, blocks after the one where every row wrote end-of-text cost no forward pass."""
+    eos = tokenizer.specials["eos"]
+
+    def ends_at_once(x, t, attention_mask=None):  # always sure the text is over
+        logits = torch.zeros(*x.shape, tokenizer.vocab_size)
+        logits[..., eos] = 10.0
+        return logits
+
+    canvas = Canvas.for_generation([tokenizer.encode("To")] * 2, 12, fill_id=tokenizer.mask_id,
+                                   pad_id=tokenizer.pad_id)
+    full = sample_confidence(CountingDenoiser(ends_at_once), process, canvas, steps=12, block_length=4)
+    counted = CountingDenoiser(ends_at_once)
+    early = sample_confidence(counted, process, canvas, steps=12, block_length=4, eos_id=eos)
+    assert torch.equal(early.tokens, full.tokens) and (early.tokens[canvas.editable] == eos).all()
+    assert early.nfe == counted.calls == 4 < full.nfe == 12
 
 
 def test_confidence_sampler_refuses_too_few_steps(tokenizer, process, model):
@@ -170,3 +217,86 @@ def test_ancestral_caching_saves_forward_passes_without_changing_samples(tokeniz
     b = sample_ancestral(uncached, process, canvas, steps=64, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a.tokens, b.tokens)
     assert b.nfe == 64 and a.nfe <= 6 + 1, "a forward pass only after a step that changed a token"
+
+
+# -- parallel decoding (Fast-dLLM) ------------------------------------------------------------
+def test_factor_rule_counts_the_largest_prefix():
+    from dlm.sampling.confidence import factor_counts
+
+    scores = torch.tensor([[0.99, 0.95, 0.5, 0.0], [0.2, 0.1, 0.0, 0.0]], dtype=torch.float64)
+    candidates = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    # row 0: 2(0.01) < 1, 3(0.05) < 1, 4(0.5) >= 1 -> 2; row 1: 2(0.8) >= 1 -> at least one
+    assert factor_counts(scores, candidates, 1.0).tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("rule", ["prob", "margin", "entropy", "random"])
+def test_threshold_decoding_trades_forward_passes_for_parallelism(tokenizer, process, model, rule):
+    canvas = Canvas.for_generation([tokenizer.encode("To be")] * 2, 16, fill_id=tokenizer.mask_id,
+                                   pad_id=tokenizer.pad_id)
+    run = lambda **kw: sample_confidence(CountingDenoiser(model), process, canvas, steps=16, confidence=rule,  # noqa
+                                         generator=torch.Generator().manual_seed(0), **kw)
+    plain = run()
+    never = run(threshold=2.0)  # nothing is that sure: one token per step, exactly the plain sampler
+    assert torch.equal(never.tokens, plain.tokens) and never.nfe == plain.nfe == 16
+    always = run(threshold=-1e9)  # everything is: the whole canvas in one pass
+    assert always.nfe == 1 and always.tokens_per_forward == 16
+    assert not (always.tokens[canvas.editable] == tokenizer.mask_id).any()
+    blocks = run(threshold=-1e9, block_length=4)
+    assert blocks.nfe == 4, "one pass per semi-autoregressive block"
+    assert run(factor=1e-9).nfe == 16 and run(factor=1e9).nfe == 1
+
+
+def test_threshold_decoding_commits_what_clears_the_threshold(tokenizer, process):
+    """A denoiser whose confidence is known: position l is sure with probability q_l."""
+    V, L = tokenizer.vocab_size, 6
+    sure = torch.tensor([0.95, 0.2, 0.97, 0.2, 0.2, 0.99])
+
+    def denoiser(x, t, attention_mask=None):
+        probs = torch.full((x.shape[0], x.shape[1], V), 1e-9)
+        probs[..., 5] = 1 - sure[-x.shape[1]:] - 1e-9 * (V - 2)  # the rest of the mass on token 5
+        probs[..., 7] = sure[-x.shape[1]:]  # token 7 is the confident choice
+        return probs.log()
+
+    canvas = Canvas.for_generation([[]], L, fill_id=tokenizer.mask_id, pad_id=tokenizer.pad_id)
+    seen = []
+    sample_confidence(denoiser, process, canvas, steps=L, threshold=0.9, callback=seen.append)
+    first = seen[0].changed[0].tolist()
+    assert first == [True, False, True, False, False, True], "the three sure positions, in the first pass"
+
+
+# -- approximate caches for bidirectional denoisers (Fast-dLLM) -------------------------------------
+class LengthRecorder(CountingDenoiser):
+    """Counts passes and the tokens each one re-runs."""
+
+    def __init__(self, denoiser):
+        super().__init__(denoiser)
+        self.lengths = []
+
+    def __call__(self, x_t, t, **kwargs):
+        self.lengths.append(x_t.shape[1])
+        return super().__call__(x_t, t, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_block_caches_rerun_less_and_are_exact_at_each_blocks_first_pass(tokenizer, process, model, mode):
+    canvas = Canvas.for_generation([tokenizer.encode("To be"), tokenizer.encode("Whether 'tis")], 12,
+                                   fill_id=tokenizer.mask_id, pad_id=tokenizer.pad_id)
+    exact = sample_confidence(model, process, canvas, steps=3, block_length=4)
+    one_pass_per_block = sample_confidence(model, process, canvas, steps=3, block_length=4, cache=mode)
+    assert torch.equal(one_pass_per_block.tokens, exact.tokens), "a block's first pass is computed in full"
+    recorder = LengthRecorder(model)
+    out = sample_confidence(recorder, process, canvas, steps=12, block_length=4, cache=mode)
+    L = canvas.shape[1]
+    start = L - 12
+    expected = []
+    for b in range(3):  # per block: one full pass, then three that re-run the block (and, for prefix, the rest)
+        expected += [L] + [(L - start - 4 * b) if mode == "prefix" else 4] * 3
+    assert recorder.lengths == expected
+    assert out.nfe == 12 and not (out.tokens[canvas.editable] == tokenizer.mask_id).any()
+
+
+def test_block_caches_need_aligned_blocks(tokenizer, process, model):
+    canvas = Canvas.from_segments([[tokenizer.encode("To"), 3], [tokenizer.encode("To"), 6]],
+                                  fill_id=tokenizer.mask_id, pad_id=tokenizer.pad_id)
+    with pytest.raises(ValueError, match="same columns"):
+        sample_confidence(model, process, canvas, steps=6, block_length=2, cache="prefix")

@@ -49,8 +49,22 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="semi-autoregressive blocks of this many tokens (confidence sampler)")
     p.add_argument("--temperature", type=non_negative_float, default=None,
                    help="0 = greedy; default: 0 for confidence (as LLaDA), 1 for ancestral")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="confidence sampler: also commit every position whose confidence exceeds this (Fast-dLLM)")
+    p.add_argument("--factor", type=float, default=None,
+                   help="confidence sampler: commit the largest n with (n + 1)(1 - c_n) < FACTOR (Fast-dLLM)")
+    p.add_argument("--confidence", choices=["prob", "margin", "entropy", "random"], default=None,
+                   help="confidence sampler: how positions are ranked (default prob)")
+    p.add_argument("--cache", choices=["none", "prefix", "dual"], default=None,
+                   help="confidence sampler with --block-length: Fast-dLLM's approximate prefix or dual KV cache")
+    p.add_argument("--eta", type=float, default=None,
+                   help="ddim: 0 = deterministic ... 1 = DDPM; remdm: how much to remask (default 0.02)")
+    p.add_argument("--remask", choices=["cap", "loop"], default=None,
+                   help="remdm sampler: ReMDM's remasking schedule (default cap)")
     p.add_argument("--top-k", type=positive_int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--ban", default=None, metavar="TEXT",
+                   help="never write these tokens (for a character model: these characters)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=positive_int, default=1)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -84,13 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(p)
     p.add_argument("--prompt", action="append", default=None,
                    help="text to continue; repeat for a batch of prompts (leave out for unconditional text)")
-    p.add_argument("--length", type=int, default=64, help="tokens to generate (default 64)")
+    p.add_argument("--length", type=int, default=64,
+                   help="tokens to generate at most (default 64); the text ends at an end-of-text token")
+    p.add_argument("--stop", action="append", default=None, metavar="STR",
+                   help="end the text before the first occurrence of this string (repeatable)")
 
-    p = sub.add_parser("infill", help="fill marked spans inside a text",
-                       description="Regenerate only the spans marked <fill:N> (N tokens each); all other "
-                                   "text comes back byte for byte.")
+    p = sub.add_parser("infill", help="fill marked spans inside a text, or rewrite character ranges of it",
+                       description="Regenerate only the spans marked <fill:N> (N tokens each), or with --span "
+                                   "the given character ranges of a plain text; all other text comes back byte "
+                                   "for byte.")
     add_sampling_arguments(p)
     p.add_argument("--text", required=True, help="e.g. 'Friends, Romans, <fill:12>, lend me your ears'")
+    p.add_argument("--span", action="append", default=None, metavar="START:END[:N]",
+                   help="rewrite characters START..END-1 of --text (a plain text, no <fill:N>), into N tokens "
+                        "(default: as many as it has); repeatable")
 
     p = sub.add_parser("demo", help="train (or reuse) the default model, then sample and infill live",
                        description="The main job: trains the tiny model on the bundled Shakespeare for a few "

@@ -10,6 +10,7 @@ import torch
 
 from dlm.errors import DlmError
 from dlm.sampling import SAMPLERS, Canvas, infill_canvas, parse_template
+from dlm.sampling.editing import BannedTokens, Edit, cut_at_stop, edit_pieces
 from dlm.training.checkpoint import Checkpoint, load_checkpoint
 from dlm.training.performance import resolve_device
 
@@ -24,19 +25,29 @@ def sampler_call(args: argparse.Namespace, ckpt: Checkpoint, canvas: Canvas, gen
         raise DlmError(f"the {name} sampler cannot sample a {process.name} model; use "
                        f"{' or '.join('--sampler ' + s for s in process.samplers)}")
     sampler = SAMPLERS[name]
-    knobs = {"block_length": args.block_length, "top_k": args.top_k, "top_p": args.top_p}
+    knobs = {"block_length": args.block_length, "top_k": args.top_k, "top_p": args.top_p,
+             "threshold": args.threshold, "factor": args.factor, "confidence": args.confidence,
+             "eta": args.eta, "schedule": args.remask, "cache": args.cache}
     knobs = {k: v for k, v in knobs.items() if v is not None}
     accepted = inspect.signature(sampler).parameters
+    if "eos_id" in accepted and args.command == "generate":
+        knobs["eos_id"] = ckpt.tokenizer.specials["eos"]  # stop once every sample has ended
     refused = [k for k in knobs if k not in accepted]
     if refused:
-        raise DlmError(f"the {name} sampler does not take {', '.join('--' + k.replace('_', '-') for k in refused)}")
+        flags = {"schedule": "--remask"}
+        raise DlmError(f"the {name} sampler does not take "
+                       f"{', '.join(flags.get(k, '--' + k.replace('_', '-')) for k in refused)}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise DlmError(f"--top-p must be in (0, 1], got {args.top_p}")
     steps = args.steps or max(generated, 1)
     temperature = DEFAULT_TEMPERATURE.get(name, 1.0) if args.temperature is None else args.temperature
     generator = torch.Generator(device=canvas.tokens.device).manual_seed(args.seed)
+    model = ckpt.model
+    if args.ban:
+        banned = ckpt.tokenizer.encode(args.ban)
+        model = BannedTokens(model, banned)
     try:
-        return sampler(ckpt.model, ckpt.process, canvas, steps=steps, temperature=temperature, generator=generator,
+        return sampler(model, ckpt.process, canvas, steps=steps, temperature=temperature, generator=generator,
                        callback=callback, **knobs), name, steps, temperature
     except ValueError as e:  # knob combinations the sampler rejects (e.g. fewer steps than blocks)
         raise DlmError(str(e)) from None
@@ -74,10 +85,17 @@ def run(args: argparse.Namespace) -> int:
         rows = [ids for ids in prompt_ids for _ in range(args.num_samples)]
         canvas = Canvas.for_generation(rows, args.length, fill_id=tok.mask_id, pad_id=tok.pad_id, device=device)
         generated = args.length
-        finish = lambda tokens, b: prompts[b // args.num_samples] + tok.decode(canvas.generated(tokens, b))  # noqa: E731
+        eos = tok.specials["eos"]
+
+        def finish(tokens, b):  # the prompt, then the generated text up to the first end-of-text
+            ids = canvas.generated(tokens, b)
+            text = tok.decode(ids[:ids.index(eos)] if eos in ids else ids)
+            return prompts[b // args.num_samples] + cut_at_stop(text, args.stop or [])
+
         texts_key = "samples"
     else:
-        pieces = parse_template(args.text)
+        pieces = (edit_pieces(args.text, [Edit.parse(s) for s in args.span], tok) if args.span
+                  else parse_template(args.text))
         spans = [i for i, p in enumerate(pieces) if isinstance(p, int)]
         if not ckpt.process.infills and spans and any(not isinstance(p, int) and p for p in pieces[spans[0]:]):
             raise DlmError(f"a {ckpt.process.name} model writes left to right, so it cannot fill a span that has text "

@@ -149,6 +149,14 @@ class KVCache:
             self.keys[i] = torch.cat([self.keys[i], k], dim=2)
             self.values[i] = torch.cat([self.values[i], v], dim=2)
 
+    def select(self, columns: Tensor) -> "KVCache":
+        """A new cache holding only the given cached positions (a (Lc,) bool or index tensor)."""
+        out = KVCache()
+        out.keys = [k[:, :, columns] for k in self.keys]
+        out.values = [v[:, :, columns] for v in self.values]
+        out.valid = self.valid[:, columns]
+        return out
+
     def crop(self, n: int) -> None:
         """Keep the last n cached positions."""
         if len(self) <= n:

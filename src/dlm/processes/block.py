@@ -62,11 +62,13 @@ class BlockDiffusion:
     TRAINING_DEFAULTS = MaskedDiffusion.TRAINING_DEFAULTS
     schedules = MaskedDiffusion.schedules
 
-    def __init__(self, *, vocab_size: int, mask_id: int, pad_id: int | None = None, block_size: int = 16,
+    def __init__(self, *, vocab_size: int, mask_id: int, pad_id: int | None = None, bos_id: int | None = None,
+                 block_size: int = 16,
                  schedule: Schedule | None = None, time_eps: float = 1e-3, objective: str = "nelbo"):
         if block_size < 1:
             raise ValueError(f"block_size must be at least 1, got {block_size}")
-        self.masked = MaskedDiffusion(vocab_size=vocab_size, mask_id=mask_id, pad_id=pad_id, schedule=schedule,
+        self.masked = MaskedDiffusion(vocab_size=vocab_size, mask_id=mask_id, pad_id=pad_id, bos_id=bos_id,
+                                      schedule=schedule,
                                       time_eps=time_eps, objective=objective)
         self.vocab_size, self.mask_id, self.block_size = vocab_size, mask_id, block_size
 
@@ -86,7 +88,8 @@ class BlockDiffusion:
 
     @classmethod
     def from_config(cls, config: dict, *, vocab_size: int, special_ids: dict[str, int]) -> "BlockDiffusion":
-        return cls(vocab_size=vocab_size, mask_id=special_ids["mask"], pad_id=special_ids.get("pad"), block_size=int(config.get("block_size", 16)),
+        return cls(vocab_size=vocab_size, mask_id=special_ids["mask"], pad_id=special_ids.get("pad"),
+                   bos_id=special_ids.get("bos"), block_size=int(config.get("block_size", 16)),
                    schedule=make_schedule(**config.get("schedule", {"name": "linear"})),
                    time_eps=config.get("time_eps", 1e-3), objective=config.get("objective", "nelbo"))
 

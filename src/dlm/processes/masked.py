@@ -23,14 +23,15 @@ class MaskedDiffusion:
     # Exact reverse steps sample the model's distribution; confidence decoding is faster per token but,
     # with small models, collapses into runs of the most frequent token (spaces) once they are committed.
     default_sampler = "ancestral"
-    samplers = ("ancestral", "confidence")
+    samplers = ("ancestral", "confidence", "remdm")
     bound = "NELBO (upper bound on -log p)"
     infills = True
     schedules = tuple(SCHEDULES)  # the noise schedules it accepts
     # What `dlm train` uses unless told otherwise (measured in 5-minute runs; docs/architecture.md).
     TRAINING_DEFAULTS = {"schedule": {"name": "polynomial"}, "objective": "normalized"}
 
-    def __init__(self, *, vocab_size: int, mask_id: int, pad_id: int | None = None, schedule: Schedule | None = None,
+    def __init__(self, *, vocab_size: int, mask_id: int, pad_id: int | None = None, bos_id: int | None = None,
+                 schedule: Schedule | None = None,
                  time_eps: float = 1e-3, objective: str = "nelbo"):
         """vocab_size and mask_id come from the tokenizer. `objective` is what training
         minimises: "nelbo" (the exact bound, weight -alpha'/(1 - alpha)) or "normalized"
@@ -45,8 +46,8 @@ class MaskedDiffusion:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.vocab_size = vocab_size
         self.mask_id = mask_id
-        # Zero probability on [MASK] (SUBS) and on padding, which never occurs in training text.
-        self.banned_ids = (mask_id,) if pad_id is None else (mask_id, pad_id)
+        # Zero probability on [MASK] (SUBS) and on padding and bos, which never occur in training text.
+        self.banned_ids = (mask_id,) + tuple(i for i in (pad_id, bos_id) if i is not None)
         self.schedule = schedule or LinearSchedule()
         self.time_eps = time_eps
         self.objective = objective
@@ -67,6 +68,7 @@ class MaskedDiffusion:
     def from_config(cls, config: dict, *, vocab_size: int, special_ids: dict[str, int]) -> "MaskedDiffusion":
         """Inverse of config(); special_ids maps "mask" (and others) to the tokenizer's ids."""
         return cls(vocab_size=vocab_size, mask_id=special_ids["mask"], pad_id=special_ids.get("pad"),
+                   bos_id=special_ids.get("bos"),
                    schedule=make_schedule(**config.get("schedule", {"name": "linear"})),
                    time_eps=config.get("time_eps", 1e-3), objective=config.get("objective", "nelbo"))
 
@@ -90,7 +92,7 @@ class MaskedDiffusion:
 
     # -- denoiser output --------------------------------------------------------------
     def x0_logits(self, logits: Tensor) -> Tensor:
-        """Logits of p_theta(x_0 | x_t) in float32 with zero probability on [MASK] (SUBS) and padding."""
+        """Logits of p_theta(x_0 | x_t) in float32 with zero probability on [MASK] (SUBS), padding and bos."""
         banned = torch.tensor(self.banned_ids, device=logits.device)
         return logits.float().index_fill(-1, banned, float("-inf"))
 

@@ -8,10 +8,11 @@ from dlm.sampling.canvas import Canvas
 from dlm.sampling.confidence import sample_confidence
 from dlm.sampling.gaussian import sample_ddim, sample_ddpm
 from dlm.sampling.infill import InfillCanvas, infill_canvas, parse_template
+from dlm.sampling.remasking import sample_remdm
 from dlm.sampling.result import SampleOutput, StepInfo
 
 SAMPLERS = {"ancestral": sample_ancestral, "confidence": sample_confidence, "ddpm": sample_ddpm, "ddim": sample_ddim,
-            "block": sample_blocks, "autoregressive": sample_autoregressive}
+            "remdm": sample_remdm, "block": sample_blocks, "autoregressive": sample_autoregressive}
 
 __all__ = ["Canvas", "InfillCanvas", "SAMPLERS", "SampleOutput", "StepInfo", "infill_canvas", "parse_template",
-           "sample_ancestral", "sample_autoregressive", "sample_blocks", "sample_confidence", "sample_ddim", "sample_ddpm"]
+           "sample_ancestral", "sample_autoregressive", "sample_blocks", "sample_confidence", "sample_ddim", "sample_ddpm", "sample_remdm"]

@@ -1,6 +1,13 @@
 """Confidence decoding (LLaDA, Nie et al., 2025, Algorithm 5 "low-confidence remasking" and
 its `generate.py`): predict every masked position, commit the k most confident, keep the
-rest masked; optionally left to right over semi-autoregressive blocks."""
+rest masked; optionally left to right over semi-autoregressive blocks.
+
+Parallel decoding (Fast-dLLM, Wu et al., 2025, sec. 3.3) commits more when the model is sure:
+`threshold` commits every masked position of the block whose confidence exceeds it, `factor`
+commits the largest n with (n + 1)(1 - c_(n)) < factor (c_(n) the n-th highest confidence);
+both on top of the step budget's k, which is then a minimum (with one step per token, "at
+least one per step", as Fast-dLLM). Confidence rules (Dream, Ye et al., 2025): the drawn
+token's probability, the top-1 minus top-2 margin, the negative entropy, or random order."""
 
 from __future__ import annotations
 
@@ -26,6 +33,76 @@ def transfer_counts(num_masked: Tensor, steps: int) -> Tensor:
     return base[:, None] + extra.long()
 
 
+CONFIDENCE_RULES = ("prob", "margin", "entropy", "random")
+CACHE_MODES = ("none", "prefix", "dual")
+
+
+class BlockCache:
+    """Fast-dLLM's approximate caches around the block being decoded (see sample_confidence)."""
+
+    def __init__(self, denoiser: Denoiser, canvas: Canvas, mode: str):
+        self.denoiser, self.canvas, self.mode = denoiser, canvas, mode
+        self.positions = (canvas.attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+        self.cache, self.lo, self.hi = None, 0, 0
+
+    def logits(self, x: Tensor, t: Tensor, in_block: Tensor, fresh: bool) -> Tensor:
+        """(B, L, V) logits; exact at the first step of a block (`fresh`), then only the re-run
+        columns are recomputed (the others keep their first-step values, unused by the sampler)."""
+        from dlm.models.transformer import KVCache
+
+        B, L = x.shape
+        real = self.canvas.attention_mask
+        if fresh:
+            cols = in_block.any(0).nonzero()[:, 0]  # the block's columns
+            if not torch.equal(in_block, in_block.any(0, keepdim=True) & self.canvas.editable):
+                raise ValueError("a cache needs the blocks to cover the same columns in every row "
+                                 "(generation canvases do; use cache='none' for this canvas)")
+            self.lo, self.hi = int(cols.min()), int(cols.max()) + 1
+            full = KVCache()
+            mask = real[:, None, None, :]  # (B, 1, 1, L)
+            self.full_logits = self.denoiser(x, t, positions=self.positions, mask=mask, cache=full, commit=L,
+                                             attention_mask=real)
+            keep = torch.arange(L, device=x.device)
+            keep = keep < self.lo if self.mode == "prefix" else (keep < self.lo) | (keep >= self.hi)
+            self.cache = full.select(keep)
+            return self.full_logits
+        lo, hi = self.lo, (L if self.mode == "prefix" else self.hi)
+        keys = torch.cat([self.cache.valid, real[:, lo:hi]], dim=1)  # (B, Lc + n)
+        out = self.denoiser(x[:, lo:hi], t, positions=self.positions[:, lo:hi], mask=keys[:, None, None, :],
+                            cache=self.cache)
+        logits = self.full_logits.clone()
+        logits[:, lo:hi] = out
+        return logits
+
+
+
+def confidence_scores(p: Tensor, x0: Tensor, rule: str, *, generator: torch.Generator | None = None) -> Tensor:
+    """How sure the model is of each position's draw; p (B, L, V) float64 probabilities, x0 (B, L)
+    the drawn tokens -> (B, L), higher = surer. "prob": p(x0) (LLaDA, MaskGIT); "margin": top-1
+    minus top-2 probability; "entropy": sum_v p_v log p_v (<= 0); "random": uniform in [0, 1)."""
+    if rule == "prob":
+        return p.gather(-1, x0[..., None]).squeeze(-1)
+    if rule == "margin":
+        top2 = p.topk(2, dim=-1).values  # (B, L, 2)
+        return top2[..., 0] - top2[..., 1]
+    if rule == "entropy":
+        return torch.special.xlogy(p, p).sum(-1)
+    if rule == "random":
+        return torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64)
+    raise ValueError(f"confidence must be one of {CONFIDENCE_RULES}, got {rule!r}")
+
+
+def factor_counts(scores: Tensor, candidates: Tensor, factor: float) -> Tensor:
+    """Fast-dLLM's factor rule: the largest n with (n + 1)(1 - c_(n)) < factor among each row's
+    candidates (c_(n) its n-th highest score), at least 1 where a row has any; (B, L) -> (B,)."""
+    c = torch.where(candidates, scores, float("-inf")).sort(dim=-1, descending=True).values  # (B, L)
+    n = torch.arange(1, c.shape[-1] + 1, device=c.device, dtype=torch.float64)  # (L,)
+    ok = ((n + 1) * (1.0 - c) < factor) & torch.isfinite(c)  # (B, L)
+    # the rule holds for a prefix of the sorted scores (1 - c_(n) grows with n): count it
+    largest = (ok.long().cumprod(-1)).sum(-1)  # (B,)
+    return torch.maximum(largest, candidates.any(-1).long())
+
+
 def block_steps(steps: int, num_blocks: int) -> list[int]:
     """Split the step budget over blocks: S // N each (as LLaDA), the remainder to the first blocks."""
     return [steps // num_blocks + (b < steps % num_blocks) for b in range(num_blocks)]
@@ -34,7 +111,9 @@ def block_steps(steps: int, num_blocks: int) -> list[int]:
 @torch.no_grad()
 def sample_confidence(denoiser: Denoiser, process: MaskedDiffusion, canvas: Canvas, *, steps: int,
                       block_length: int | None = None, temperature: float = 0.0, top_k: int | None = None,
-                      top_p: float | None = None, generator: torch.Generator | None = None,
+                      top_p: float | None = None, threshold: float | None = None, factor: float | None = None,
+                      confidence: str = "prob", eos_id: int | None = None, cache: str = "none",
+                      generator: torch.Generator | None = None,
                       callback: Callback | None = None, record_history: bool = False) -> SampleOutput:
     """Fill the canvas's editable positions in `steps` forward passes (or fewer, see below).
 
@@ -45,7 +124,27 @@ def sample_confidence(denoiser: Denoiser, process: MaskedDiffusion, canvas: Canv
     its confidence is the probability of that token under the untempered p_theta; the
     `transfer_counts` most confident masked positions of the current block are committed.
     A step that would commit nothing in any row is skipped without a forward pass.
+
+    `threshold` / `factor` (Fast-dLLM) commit more than the step's k when the model is sure
+    (see the module docstring); a block that is finished early skips its remaining steps.
+    `confidence` picks the rule that ranks positions: prob, margin, entropy or random.
+    With `eos_id`, once every row has written an end-of-text token, the blocks left are filled
+    with it without a forward pass (variable length: what follows eos is not text).
+    `cache` (Fast-dLLM, sec. 3.2; needs blocks aligned across rows and a model that takes a
+    KVCache): "prefix" computes the keys/values of the text before the current block once per
+    block and re-runs only the block and what follows it; "dual" also keeps those of what
+    follows, and re-runs only the block. Both are approximations for a bidirectional model (the
+    cached tokens would have attended to the block as it changes); "none" is exact.
     """
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+    confidence_rule = confidence
+    if confidence_rule not in CONFIDENCE_RULES:
+        raise ValueError(f"confidence must be one of {CONFIDENCE_RULES}, got {confidence_rule!r}")
+    if threshold is not None and factor is not None:
+        raise ValueError("use either a threshold or a factor, not both")
+    if factor is not None and factor <= 0:
+        raise ValueError(f"factor must be positive, got {factor}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     check_knobs(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -65,25 +164,40 @@ def sample_confidence(denoiser: Denoiser, process: MaskedDiffusion, canvas: Canv
                          f"use at least {num_blocks} steps or a longer block length")
 
     nfe, history, step_index = 0, [], 0
+    block_cache = BlockCache(denoiser, canvas, cache) if cache != "none" else None
     for b, steps_b in enumerate(block_steps(steps, num_blocks)):
         in_block = editable & (rank >= b * block_length) & (rank < (b + 1) * block_length)  # (B, L)
+        fresh = True  # the block's first forward pass: a cache is (re)built from it
         counts = transfer_counts((in_block & (x == mask_id)).sum(dim=1), steps_b)  # (B, steps_b)
         for i in range(steps_b):
             step_index += 1
             still_masked = editable & (x == mask_id)  # (B, L)
             changed = torch.zeros_like(editable)
             confidence = None
-            if int(counts[:, i].sum()) > 0:
+            open_in_block = still_masked & in_block  # (B, L)
+            adaptive = threshold is not None or factor is not None
+            if bool((open_in_block.any(1) & ((counts[:, i] > 0) | adaptive)).any()):
                 masked_fraction = still_masked.sum(1) / editable.sum(1).clamp(min=1)  # (B,) the current t
-                logits = process.x0_logits(denoiser(x, masked_fraction.float(),
-                                                    attention_mask=canvas.attention_mask))  # (B, L, V)
+                if block_cache is not None:
+                    raw = block_cache.logits(x, masked_fraction.float(), in_block, fresh)
+                else:
+                    raw = denoiser(x, masked_fraction.float(), attention_mask=canvas.attention_mask)
+                fresh = False
+                logits = process.x0_logits(raw)  # (B, L, V)
                 nfe += 1
                 x0 = draw(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)  # (B, L)
                 p = torch.softmax(logits.double(), dim=-1)  # (B, L, V)
-                confidence = p.gather(-1, x0[..., None]).squeeze(-1)  # (B, L)
-                candidates = torch.where(still_masked & in_block, confidence, float("-inf"))  # (B, L)
+                confidence = confidence_scores(p, x0, confidence_rule, generator=generator)  # (B, L)
+                candidates = torch.where(open_in_block, confidence, float("-inf"))  # (B, L)
+                k_rows = counts[:, i]  # (B,) what the step budget asks for
+                if threshold is not None:  # every sure position, at least one
+                    sure = (open_in_block & (confidence > threshold)).sum(1)
+                    k_rows = torch.maximum(k_rows, torch.maximum(sure, open_in_block.any(1).long()))
+                elif factor is not None:
+                    k_rows = torch.maximum(k_rows, factor_counts(confidence, open_in_block, factor))
+                k_rows = torch.minimum(k_rows, open_in_block.sum(1))
                 for row in range(B):  # per row, as LLaDA does, so that ties break the same way
-                    k = int(counts[row, i])
+                    k = int(k_rows[row])
                     if k:
                         changed[row, candidates[row].topk(k).indices] = True
                 x = torch.where(changed, x0, x)
@@ -93,5 +207,8 @@ def sample_confidence(denoiser: Denoiser, process: MaskedDiffusion, canvas: Canv
                 t = float(((editable & (x == mask_id)).sum() / editable.sum().clamp(min=1)))
                 callback(StepInfo(step=step_index, steps=steps, tokens=x, changed=changed,
                                   confidence=confidence, t=t, nfe=nfe))
-    return SampleOutput(tokens=x, nfe=nfe, steps=steps, seconds=time.perf_counter() - start,
+        if eos_id is not None and b < num_blocks - 1 and bool(((x == eos_id) & editable).any(1).all()):
+            x = torch.where(editable & (x == mask_id), eos_id, x)  # every row has ended: stop early
+            break
+    return SampleOutput(tokens=x, nfe=nfe, steps=step_index, seconds=time.perf_counter() - start,
                         generated=n_edit, history=history)
