@@ -63,6 +63,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="remdm sampler: ReMDM's remasking schedule (default cap)")
     p.add_argument("--top-k", type=positive_int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--cfg", type=non_negative_float, default=0.0, metavar="W",
+                   help="classifier-free guidance scale (0 = none): logits_u + (W + 1)(logits_c - logits_u), the "
+                        "unconditional pass with the prompt masked; for models trained with condition dropout")
     p.add_argument("--ban", default=None, metavar="TEXT",
                    help="never write these tokens (for a character model: these characters)")
     p.add_argument("--seed", type=int, default=0)

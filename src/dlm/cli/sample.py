@@ -11,6 +11,7 @@ import torch
 from dlm.errors import DlmError
 from dlm.sampling import SAMPLERS, Canvas, infill_canvas, parse_template
 from dlm.sampling.editing import BannedTokens, Edit, cut_at_stop, edit_pieces
+from dlm.sampling.guidance import ClassifierFreeGuidance
 from dlm.training.checkpoint import Checkpoint, load_checkpoint
 from dlm.training.performance import resolve_device
 
@@ -43,6 +44,9 @@ def sampler_call(args: argparse.Namespace, ckpt: Checkpoint, canvas: Canvas, gen
     temperature = DEFAULT_TEMPERATURE.get(name, 1.0) if args.temperature is None else args.temperature
     generator = torch.Generator(device=canvas.tokens.device).manual_seed(args.seed)
     model = ckpt.model
+    if args.cfg:
+        condition = ~canvas.editable & canvas.attention_mask  # the prompt and any fixed text
+        model = ClassifierFreeGuidance(model, condition, scale=args.cfg, null_id=ckpt.tokenizer.mask_id)
     if args.ban:
         banned = ckpt.tokenizer.encode(args.ban)
         model = BannedTokens(model, banned)
