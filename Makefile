@@ -23,8 +23,10 @@ test: install
 	$(PY) -m pytest
 
 bench: install
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]"
 	$(PY) benchmarks/matmul_peak.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/likelihood.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,176 @@
+"""Parallel decoding against quality: threshold decoding vs a fixed number of tokens per step,
+judged by an autoregressive model of the same data, and the speed of each against that AR
+model's own KV-cache sampler, at batch 1, all in one run.
+
+    python benchmarks/sampling.py --model runs/masked --judge runs/ar --plot sampling.png
+
+For every setting, each of --prompts prompts (the first --prompt-chars characters of evenly
+spaced validation chunks) is continued by --length tokens, one prompt at a time (batch 1):
+
+- tokens per forward pass (generated tokens / nfe), and tokens/s (generated tokens / seconds);
+- quality: the judge's negative log-likelihood of the continuation given the prompt, in bits
+  per character (lower is likelier), and the entropy of the samples' character distribution
+  in bits (a diversity check: degenerate repetition has low NLL and low entropy).
+
+Settings: the confidence sampler (LLaDA) in semi-autoregressive blocks of --block-length,
+at temperature 0, with a fixed k = 1, 2, 4, 8 tokens per step and with Fast-dLLM thresholds
+0.99 ... 0.5 (at least one token per step); the threshold settings also run with the dual
+cache. The AR model's own sampler (greedy, KV cache) is the speed baseline. Fast-dLLM's claim
+to check: at equal tokens per forward, thresholds keep quality better than fixed k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from dlm.data.corpora import load_corpus
+from dlm.processes import Autoregressive
+from dlm.sampling import Canvas, sample_autoregressive, sample_confidence
+from dlm.training import load_checkpoint
+
+THRESHOLDS = (0.99, 0.9, 0.8, 0.7, 0.5)
+FIXED_K = (1, 2, 4, 8)
+LN2 = math.log(2.0)
+
+
+def prompts_from_validation(ckpt, n: int, chars: int) -> list[str]:
+    """n prompts of `chars` characters, evenly spaced through the validation text, each starting
+    at a line start so that they read as text."""
+    text = "\n".join(load_corpus(ckpt.config["train"]["data"]).validation)
+    out = []
+    for i in range(n):
+        start = text.find("\n", i * len(text) // n) + 1
+        out.append(text[start:start + chars])
+    return out
+
+
+@torch.no_grad()
+def judge_bits_per_char(judge, prompt_ids: list[int], continuation_ids: list[int], text: str) -> float:
+    """-log2 p_AR(continuation | bos, prompt) / characters of the continuation."""
+    process: Autoregressive = judge.process
+    x0 = torch.tensor([prompt_ids + continuation_ids])
+    nll = process.token_nll(judge.model, x0)[0, len(prompt_ids):]  # (G,) nats
+    return float(nll.sum()) / LN2 / max(len(text), 1)
+
+
+def char_entropy(texts: list[str]) -> float:
+    counts = Counter("".join(texts))
+    total = sum(counts.values())
+    return -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0
+
+
+def run_setting(name: str, sample, prompts: list[str], tok, judge, length: int) -> dict:
+    nfe = seconds = 0.0
+    nll, texts = [], []
+    eos = tok.specials["eos"]
+    for prompt in prompts:
+        ids = tok.encode(prompt)
+        canvas = Canvas.for_generation([ids], length, fill_id=tok.mask_id, pad_id=tok.pad_id)
+        start = time.perf_counter()
+        out = sample(canvas)
+        seconds += time.perf_counter() - start
+        nfe += out.nfe
+        gen = canvas.generated(out.tokens, 0)
+        gen = gen[:gen.index(eos)] if eos in gen else gen  # the judge scores the text, not what follows eos
+        text = tok.decode(gen)
+        texts.append(text)
+        nll.append(judge_bits_per_char(judge, ids, gen, text))
+    tokens = length * len(prompts)
+    return {"setting": name, "tokens_per_forward": tokens / nfe, "tokens_per_second": tokens / seconds,
+            "judge_bits_per_char": sum(nll) / len(nll), "entropy_bits": char_entropy(texts),
+            "nfe_per_sample": nfe / len(prompts), "example": texts[0][:80]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="a masked-diffusion checkpoint")
+    p.add_argument("--judge", required=True, help="an AR checkpoint of the same data and tokenizer")
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--prompt-chars", type=int, default=32)
+    p.add_argument("--length", type=int, default=64)
+    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--plot", default=None, help="write the quality/parallelism plot here (PNG)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, judge = load_checkpoint(args.model), load_checkpoint(args.judge)
+    if judge.process.name != "ar":
+        raise SystemExit(f"--judge must be an AR checkpoint, got a {judge.process.name} model")
+    tok = model.tokenizer
+    if judge.tokenizer.vocab_size != tok.vocab_size or judge.tokenizer.specials != tok.specials:
+        raise SystemExit("the judge must share the model's tokenizer (train both on the same data)")
+    prompts = prompts_from_validation(model, args.prompts, args.prompt_chars)
+    G, B = args.length, args.block_length
+
+    def confidence(**kw):
+        return lambda canvas: sample_confidence(model.model, model.process, canvas, block_length=B,
+                                                temperature=0.0, **kw)
+
+    settings = [(f"k={k}", confidence(steps=G // k)) for k in FIXED_K]
+    settings += [(f"threshold {th}", confidence(steps=G, threshold=th)) for th in THRESHOLDS]
+    settings += [(f"threshold {th} + dual cache", confidence(steps=G, threshold=th, cache="dual"))
+                 for th in THRESHOLDS]
+    settings.append(("AR, KV cache", lambda canvas: sample_autoregressive(judge.model, judge.process, canvas,
+                                                                          temperature=0.0)))
+    rows = []
+    for name, sample in settings:
+        rows.append(run_setting(name, sample, prompts, tok, judge, G))
+        r = rows[-1]
+        print(f"{name:32s} {r['tokens_per_forward']:6.2f} tok/fwd {r['tokens_per_second']:8.0f} tok/s "
+              f"judge {r['judge_bits_per_char']:.3f} bits/char  entropy {r['entropy_bits']:.2f}", file=sys.stderr)
+
+    ar = rows[-1]
+    reference = rows[0]  # one token per step
+    print(f"\n{len(prompts)} prompts of {args.prompt_chars} characters, {G} tokens each, batch 1, blocks of {B}; "
+          f"model {args.model}, judge {args.judge}\n")
+    print("| setting | tokens/forward | tokens/s | x AR speed | judge bits/char | vs k=1 | entropy (bits) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['setting']} | {r['tokens_per_forward']:.2f} | {r['tokens_per_second']:,.0f} | "
+              f"{r['tokens_per_second'] / ar['tokens_per_second']:.2f} | {r['judge_bits_per_char']:.3f} | "
+              f"{r['judge_bits_per_char'] / reference['judge_bits_per_char'] - 1:+.1%} | {r['entropy_bits']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for prefix, marker, label in (("k=", "o", "fixed k tokens per step"), ("threshold", "s", "threshold")):
+            pts = [r for r in rows if r["setting"].startswith(prefix) and "cache" not in r["setting"]]
+            x = [r["tokens_per_forward"] for r in pts]
+            ax.plot(x, [r["judge_bits_per_char"] for r in pts], marker=marker, label=label)
+            ax2.plot(x, [r["entropy_bits"] for r in pts], marker=marker, label=label)
+            for r in pts:
+                ax.annotate(r["setting"].replace("threshold ", ""), (r["tokens_per_forward"], r["judge_bits_per_char"]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.axhline(ar["judge_bits_per_char"], color="gray", linestyle=":", label="AR greedy (self-judged)")
+        ax2.axhline(ar["entropy_bits"], color="gray", linestyle=":", label="AR greedy")
+        ax.set_xlabel("tokens per forward pass")
+        ax.set_ylabel("judge NLL of the samples (bits/char, lower = likelier)")
+        ax.set_title("quality against parallelism")
+        ax2.set_xlabel("tokens per forward pass")
+        ax2.set_ylabel("character entropy of the samples (bits)")
+        ax2.set_title("diversity: low = repetitive text, which the judge finds likely")
+        ax.legend(fontsize=8)
+        ax2.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        print(f"\nplot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
