@@ -22,12 +22,21 @@ VALIDATION_OFFSET = 10
 VALIDATION_FRACTION = 0.05  # of each document, when there are too few documents to hold out whole ones
 
 
+Pair = tuple[str, str]  # (prompt, response)
+
+
 @dataclass(frozen=True)
 class Corpus:
     name: str
-    train: tuple[str, ...]  # documents
+    train: tuple[str, ...]  # documents (for a corpus of pairs: prompt + response, for the tokenizer)
     validation: tuple[str, ...]
     description: str = ""
+    train_pairs: tuple[Pair, ...] | None = None  # prompt/response pairs (conditional training), else None
+    validation_pairs: tuple[Pair, ...] | None = None
+
+    @property
+    def is_pairs(self) -> bool:
+        return self.train_pairs is not None
 
     @property
     def num_chars(self) -> int:
@@ -84,7 +93,50 @@ def python_stdlib() -> Corpus:
     return Corpus("pystdlib", tuple(train), tuple(val), f"Python standard library source under {root}")
 
 
-BUILTIN_CORPORA = {"shakespeare": shakespeare, "pystdlib": python_stdlib}
+def pairs_corpus(name: str, pairs: list[Pair], description: str, *,
+                 validation: list[Pair] | None = None) -> Corpus:
+    """A corpus of prompt/response pairs, split by the documents' rule (or given both splits)."""
+    if validation is None:
+        train, validation = split_documents_list(pairs)
+    else:
+        train = pairs
+    if not train or not validation:
+        raise DlmError(f"corpus {name!r} needs prompt/response pairs in both splits; it has {len(train)} for "
+                       f"training and {len(validation)} for validation")
+    return Corpus(name, tuple(p + r for p, r in train), tuple(p + r for p, r in validation), description,
+                  tuple(train), tuple(validation))
+
+
+def split_documents_list(items: list) -> tuple[list, list]:
+    """The whole-document rule applied to a list of items: item i is held out when i % 20 == 10."""
+    val = [x for i, x in enumerate(items) if i % VALIDATION_EVERY == VALIDATION_OFFSET]
+    train = [x for i, x in enumerate(items) if i % VALIDATION_EVERY != VALIDATION_OFFSET]
+    return train, val
+
+
+def speech_line_pairs(text: str) -> list[Pair]:
+    """Consecutive lines of each speech: a speech is a paragraph (between blank lines) whose first
+    line, the speaker's name, is upper case; each line prompts the next."""
+    pairs = []
+    for paragraph in text.split("\n\n"):
+        lines = [line.strip() for line in paragraph.strip().split("\n")]
+        if len(lines) < 3 or not lines[0].isupper():
+            continue
+        speech = [line for line in lines[1:] if line]
+        pairs += [(a + "\n", b) for a, b in zip(speech, speech[1:])]
+    return pairs
+
+
+def shakespeare_pairs() -> Corpus:
+    """Prompt/response pairs from Shakespeare: a line of a speech, then the next line of it;
+    the train/validation split is the plays' (Henry VI Part 1 and Richard II held out)."""
+    works = shakespeare()
+    return pairs_corpus("shakespeare-pairs", [p for w in works.train for p in speech_line_pairs(w)],
+                        "consecutive lines of Shakespeare's speeches as prompt/response pairs",
+                        validation=[p for w in works.validation for p in speech_line_pairs(w)])
+
+
+BUILTIN_CORPORA = {"shakespeare": shakespeare, "pystdlib": python_stdlib, "shakespeare-pairs": shakespeare_pairs}
 
 
 def _read_text(path: pathlib.Path) -> str:
@@ -92,6 +144,33 @@ def _read_text(path: pathlib.Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DlmError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
+
+
+def _read_pairs(path: pathlib.Path) -> list[Pair]:
+    pairs = []
+    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DlmError(f"{path}:{n} is not valid JSON ({e.msg})") from None
+        if not (isinstance(record, dict) and isinstance(record.get("prompt"), str)
+                and isinstance(record.get("response"), str)):
+            raise DlmError(f'{path}:{n} needs string "prompt" and "response" fields, like the lines before it')
+        pairs.append((record["prompt"], record["response"]))
+    return pairs
+
+
+def _is_pairs_file(path: pathlib.Path) -> bool:
+    for line in _read_text(path).splitlines():
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                return False
+            return isinstance(record, dict) and "prompt" in record and "response" in record
+    return False
 
 
 def _read_jsonl(path: pathlib.Path) -> list[str]:
@@ -125,6 +204,8 @@ def load_corpus(spec: str) -> Corpus:
             raise DlmError(f"folder {path} holds no .txt files; dlm reads .txt files, folders of them, "
                            f"and .jsonl files with a \"text\" field")
         docs = [_read_text(f) for f in files]
+    elif path.suffix == ".jsonl" and _is_pairs_file(path):
+        return pairs_corpus(path.name, _read_pairs(path), f"prompt/response pairs from {path}")
     elif path.suffix == ".jsonl":
         docs = _read_jsonl(path)
     elif path.suffix == ".txt":

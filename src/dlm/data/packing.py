@@ -52,3 +52,24 @@ def evenly_spaced(chunks: Tensor, n: int) -> Tensor:
     if n <= 0 or n >= chunks.shape[0]:
         return chunks
     return chunks[torch.linspace(0, chunks.shape[0] - 1, n).round().long()]
+
+
+def pack_pairs(tokenizer, pairs: Sequence[tuple[str, str]], length: int) -> tuple[Tensor, Tensor, int]:
+    """Prompt/response pairs as rows of `length` tokens for conditional training (LLaDA's SFT):
+    prompt, response, then end-of-text up to the end, so that the model learns where to stop.
+    -> tokens (N, length), loss_mask (N, length) (True on the response and its end-of-text
+    padding, never on the prompt), and the characters the scored tokens stand for (each row's
+    response plus one for its end). A response that does not fit is cut; a pair whose prompt
+    leaves no room for a response is skipped."""
+    rows, masks, chars = [], [], 0
+    for prompt, response in pairs:
+        p, r = tokenizer.encode(prompt), tokenizer.encode(response)
+        if len(p) >= length:
+            continue
+        r = r[:length - len(p)]
+        rows.append(p + r + [tokenizer.eos_id] * (length - len(p) - len(r)))
+        masks.append([False] * len(p) + [True] * (length - len(p)))
+        chars += len(tokenizer.decode(r)) + 1
+    if not rows:
+        return torch.zeros(0, length, dtype=torch.long), torch.zeros(0, length, dtype=torch.bool), 0
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(masks), chars

@@ -147,7 +147,7 @@ class BlockDiffusion:
                                       device=x0.device).view(B, K)
         tok_t = self.per_token(t, L)  # (B, L)
         x_t = self.corrupt(x0, t, loss_mask=loss_mask, generator=generator)
-        masked = x_t == self.mask_id  # (B, L)
+        masked = (x_t == self.mask_id) & loss_mask  # (B, L): a [MASK] in the condition (dropped prompt) is not scored
         logits = self.denoise(denoiser, x_t, x0, attention_mask)
         ce = F.cross_entropy(self.x0_logits(logits[masked]), x0[masked], reduction="none")  # (N_masked,)
         weight = self.masked.nelbo_weight(tok_t)  # (B, L) float64

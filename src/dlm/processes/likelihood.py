@@ -67,21 +67,28 @@ def stratified_uniforms(num_chunks: int, samples: int, *, generator: torch.Gener
 @torch.no_grad()
 def estimate_likelihood(process: ForwardProcess, denoiser: Denoiser, chunks: Tensor, *, samples_per_chunk: int = 4,
                         batch_size: int = 64, tokens_per_char: float = 1.0,
-                        generator: torch.Generator | None = None) -> LikelihoodEstimate:
-    """chunks (N, L) token ids, every position scored; returns the NELBO per token and its error."""
+                        generator: torch.Generator | None = None,
+                        loss_masks: Tensor | None = None) -> LikelihoodEstimate:
+    """chunks (N, L) token ids, every position scored, or those where loss_masks (N, L) is True
+    (prompt/response pairs: the response given the prompt); returns the NELBO per scored token
+    and its error."""
     if chunks.dim() != 2 or chunks.shape[0] == 0:
         raise ValueError(f"need a non-empty (N, L) tensor of chunks, got shape {tuple(chunks.shape)}")
     N, L = chunks.shape
     K = 1 if getattr(process, "exact", False) else samples_per_chunk  # an exact likelihood needs no repeats
     u = stratified_uniforms(N, K, generator=generator)  # (N, K)
     rows = chunks.repeat_interleave(K, dim=0)  # (N K, L): chunk i occupies rows i K .. i K + K - 1
+    masks = None if loss_masks is None else loss_masks.repeat_interleave(K, dim=0)
     flat_u = u.reshape(-1)  # (N K,)
     nelbo = torch.empty(N * K, dtype=torch.float64)
     for start in range(0, N * K, batch_size):
         stop = min(start + batch_size, N * K)
-        nelbo[start:stop] = process.nelbo(denoiser, rows[start:stop], u=flat_u[start:stop],
-                                          generator=generator).double().cpu()
-    samples = nelbo.view(N, K) / L  # (N, K) nats per token
+        nelbo[start:stop] = process.nelbo(denoiser, rows[start:stop], u=flat_u[start:stop], generator=generator,
+                                          loss_mask=None if masks is None else masks[start:stop]).double().cpu()
+    # nats per scored token: each chunk's bound over the mean number of scored tokens per chunk, so
+    # that the mean is total nats / total scored tokens (the ratio, when rows score different counts)
+    scored = float(L) if loss_masks is None else max(loss_masks.sum().item() / N, 1.0)
+    samples = nelbo.view(N, K) / scored  # (N, K)
     per_chunk = samples.mean(dim=1)  # (N,)
     chunks_stderr = per_chunk.std().item() / math.sqrt(N) if N > 1 else float("nan")
     if K > 1:

@@ -115,7 +115,7 @@ class MaskedDiffusion:
         if t is None:
             t = low_discrepancy_times(B, eps=self.time_eps, generator=generator, device=x0.device)  # (B,)
         x_t = self.corrupt(x0, t, loss_mask=loss_mask, generator=generator)  # (B, L)
-        masked = x_t == self.mask_id  # (B, L): only these are scored; the rest are carried over
+        masked = (x_t == self.mask_id) & loss_mask  # (B, L): only these are scored (a dropped prompt's [MASK]s are not)
         logits = denoiser(x_t, t, attention_mask=attention_mask)  # (B, L, V)
 
         # Cross-entropy at masked positions only: (N_masked, V) rather than (B, L, V).

@@ -25,6 +25,7 @@ class TrainConfig:
     # alpha = 1 - t^2: the NELBO does not depend on it, but lightly-masked sequences trained better here)
     objective: str = ""  # masked/block: "nelbo" (exact weights) or "normalized" (lower variance); "" = default
     block_size: int = 16  # block diffusion only: tokens per block (1 = AR, seq_len = masked diffusion)
+    cond_drop: float = 0.0  # prompt/response data: probability that a prompt is replaced by [MASK]s (for guidance)
     preset: str = "tiny"  # model size: tiny (~1M), small (~10M), base (~40M)
     data: str = "shakespeare"  # built-in corpus name or a path (.txt, folder of .txt, .jsonl)
     tokenizer: str = "char"  # "char" or "bpe"
@@ -67,6 +68,8 @@ class TrainConfig:
             raise DlmError(f"seq_len must be at least 2, got {self.seq_len}")
         if self.steps < 0 or self.minutes < 0:
             raise DlmError("--steps and --minutes must not be negative")
+        if not 0 <= self.cond_drop < 1:
+            raise DlmError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
         if self.block_size < 1:
             raise DlmError(f"block_size must be at least 1, got {self.block_size}")
         if self.lr <= 0:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from dlm.data.corpora import Corpus, load_corpus
-from dlm.data.packing import evenly_spaced, pack_text, random_windows, validation_chunks
+from dlm.data.packing import evenly_spaced, pack_pairs, pack_text, random_windows, validation_chunks
 from dlm.data.tokenizer import TOKENIZERS, Tokenizer, UnknownCharacterError
 from dlm.errors import DlmError
 from dlm.models.transformer import Transformer, preset_config
@@ -58,9 +58,18 @@ class TrainResult:
 @dataclass
 class Dataset:
     tokenizer: Tokenizer
-    train: torch.Tensor  # (N_train,) token stream
+    train: torch.Tensor  # (N_train,) token stream; for prompt/response pairs (N_pairs, L) rows
     validation: torch.Tensor  # (N_val, L) chunks
     tokens_per_char: float  # of the validation text (eos counts as one character)
+    train_mask: torch.Tensor | None = None  # (N_pairs, L) bool: scored positions (responses), for pairs
+    validation_mask: torch.Tensor | None = None  # (N_val, L)
+
+    def batch(self, batch_size: int, length: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, L) training tokens and their loss mask (None: every position is scored)."""
+        if self.train_mask is None:
+            return random_windows(self.train, batch_size, length, generator=generator), None
+        rows = torch.randint(0, self.train.shape[0], (batch_size,), generator=generator)  # (B,)
+        return self.train[rows], self.train_mask[rows]
 
 
 def build_tokenizer(config: TrainConfig, corpus: Corpus) -> Tokenizer:
@@ -75,6 +84,11 @@ def prepare_data(config: TrainConfig, tokenizer: Tokenizer | None = None) -> Dat
     """Load the corpus, build (or reuse) the tokenizer, pack both splits."""
     corpus = load_corpus(config.data)
     tokenizer = tokenizer or build_tokenizer(config, corpus)
+    if corpus.is_pairs:
+        return prepare_pairs(config, corpus, tokenizer)
+    if config.cond_drop:
+        raise DlmError(f"--cond-drop needs prompt/response pairs to drop prompts from; {config.data!r} is plain "
+                       f"text (use a .jsonl with \"prompt\" and \"response\" fields, or shakespeare-pairs)")
     train, _ = pack_text(tokenizer, corpus.train)
     try:
         validation, tokens_per_char = validation_chunks(tokenizer, corpus.validation, config.seq_len)
@@ -91,6 +105,21 @@ def prepare_data(config: TrainConfig, tokenizer: Tokenizer | None = None) -> Dat
     return Dataset(tokenizer, train, validation, tokens_per_char=tokens_per_char)
 
 
+def prepare_pairs(config: TrainConfig, corpus: Corpus, tokenizer: Tokenizer) -> Dataset:
+    """Prompt/response pairs as padded rows with loss masks (see pack_pairs)."""
+    try:
+        train, train_mask, _ = pack_pairs(tokenizer, corpus.train_pairs, config.seq_len)
+        validation, validation_mask, chars = pack_pairs(tokenizer, corpus.validation_pairs, config.seq_len)
+    except UnknownCharacterError as e:
+        raise DlmError(f"the validation pairs of {config.data!r} use a character the training pairs never do ({e}); "
+                       f"use --tokenizer bpe") from None
+    if train.shape[0] == 0 or validation.shape[0] == 0:
+        raise DlmError(f"no prompt/response pair of {config.data!r} fits in --seq-len {config.seq_len} with room "
+                       f"for a response; use a longer --seq-len")
+    return Dataset(tokenizer, train, validation, tokens_per_char=int(validation_mask.sum()) / max(chars, 1),
+                   train_mask=train_mask, validation_mask=validation_mask)
+
+
 def validate(model, process, data: Dataset, *, chunks: int, samples: int, seed: int,
              device: torch.device) -> LikelihoodEstimate:
     """NELBO bits/char on `chunks` evenly spaced validation chunks, in fp32, with a fixed seed
@@ -99,9 +128,10 @@ def validate(model, process, data: Dataset, *, chunks: int, samples: int, seed: 
     was_training = model.training
     model.eval()
     try:
+        masks = None if data.validation_mask is None else evenly_spaced(data.validation_mask, chunks).to(device)
         return estimate_likelihood(process, model, evenly_spaced(data.validation, chunks).to(device),
                                    samples_per_chunk=samples, batch_size=64, tokens_per_char=data.tokens_per_char,
-                                   generator=generator)
+                                   generator=generator, loss_masks=masks)
     finally:
         model.train(was_training)
 
@@ -189,10 +219,15 @@ class Run:
             group["lr"] = lr
         loss = 0.0
         for _ in range(cfg.grad_accum):
-            x0 = random_windows(self.data.train, cfg.batch_size // cfg.grad_accum, cfg.seq_len,
-                                generator=self.data_rng).to(self.device)  # (B, L)
+            x0, loss_mask = self.data.batch(cfg.batch_size // cfg.grad_accum, cfg.seq_len, self.data_rng)  # (B, L)
+            x0 = x0.to(self.device)
+            if loss_mask is not None:
+                loss_mask = loss_mask.to(self.device)
+                if cfg.cond_drop:  # condition dropout: the prompt becomes [MASK]s, so the model learns p(x)
+                    drop = torch.rand(x0.shape[0], generator=self.data_rng) < cfg.cond_drop  # (B,)
+                    x0 = torch.where(drop.to(self.device)[:, None] & ~loss_mask, self.data.tokenizer.mask_id, x0)
             with autocast(self.precision, self.device):
-                out = self.process.loss(self.model, x0, generator=self.noise_rng)
+                out = self.process.loss(self.model, x0, loss_mask=loss_mask, generator=self.noise_rng)
             (out.loss / cfg.grad_accum).backward()
             loss += out.loss.item() / cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
