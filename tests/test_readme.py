@@ -77,3 +77,16 @@ def test_sampling_examples_run_as_written(workdir, monkeypatch):
     assert len(commands) >= 5
     for command in commands:
         assert main(shlex.split(command)[1:]) == 0, command
+
+
+def test_conditional_examples_run_as_written(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    commands = [line for line in blocks("bash")[4].splitlines() if line.startswith("dlm ")]
+    assert len(commands) == 2
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        if argv[0] == "train":
+            argv = [a for a in argv if a not in ("--minutes", "5")]
+            argv += ["--steps", "2", "--batch-size", "4", "--eval-chunks", "2", "--final-eval-chunks", "2",
+                     "--no-compile", "--no-progress"]
+        assert main(argv) == 0, command

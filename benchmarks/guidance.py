@@ -1,0 +1,96 @@
+"""Classifier-free guidance against the judge: does guidance make the continuation likelier?
+
+    dlm train --data shakespeare-pairs --process ar --minutes 3 --seq-len 96 --out runs/judge
+    dlm train --data shakespeare-pairs --cond-drop 0.1 --minutes 3.5 --seq-len 96 --out runs/cond
+    python benchmarks/guidance.py --model runs/cond --judge runs/judge --plot guidance.png
+
+The model is trained on prompt/response pairs with condition dropout; the judge is an AR model
+of the same pairs (it scores responses given prompts). For validation prompts, the model writes
+a response of --length tokens with guidance scales --scales (0 = unguided); the judge's
+negative log-likelihood of each response given its prompt (bits/char, lower = likelier) and the
+responses' character entropy (a check against degenerate text) are averaged per scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from sampling import char_entropy, judge_bits_per_char  # noqa: E402
+
+from dlm.data.corpora import load_corpus  # noqa: E402
+from dlm.sampling import SAMPLERS, Canvas  # noqa: E402
+from dlm.sampling.guidance import ClassifierFreeGuidance  # noqa: E402
+from dlm.training import load_checkpoint  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--judge", required=True)
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--length", type=int, default=48)
+    p.add_argument("--steps", type=int, default=48)
+    p.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 4.0])
+    p.add_argument("--samples", type=int, default=2, help="samples per prompt and scale")
+    p.add_argument("--plot", default=None)
+    args = p.parse_args(argv)
+    model, judge = load_checkpoint(args.model), load_checkpoint(args.judge)
+    tok = model.tokenizer
+    if judge.tokenizer.vocab_size != tok.vocab_size or judge.tokenizer.specials != tok.specials:
+        raise SystemExit("the judge must share the model's tokenizer (train both on the same data)")
+    pairs = load_corpus(model.config["train"]["data"]).validation_pairs
+    prompts = [pairs[i * len(pairs) // args.prompts][0] for i in range(args.prompts)]
+    sampler = SAMPLERS[model.process.default_sampler]
+    eos = tok.specials["eos"]
+    rows = []
+    for scale in args.scales:
+        nll, texts = [], []
+        for i, prompt in enumerate(prompts):
+            ids = tok.encode(prompt)
+            canvas = Canvas.for_generation([ids] * args.samples, args.length, fill_id=tok.mask_id, pad_id=tok.pad_id)
+            denoiser = ClassifierFreeGuidance(model.model, ~canvas.editable & canvas.attention_mask, scale=scale,
+                                              null_id=tok.mask_id)
+            out = sampler(denoiser, model.process, canvas, steps=args.steps,
+                          generator=torch.Generator().manual_seed(i))
+            for row in range(args.samples):
+                gen = canvas.generated(out.tokens, row)
+                gen = gen[:gen.index(eos) + 1] if eos in gen else gen  # the judge also scores the end
+                text = tok.decode(gen)
+                texts.append(text)
+                ended = bool(gen) and gen[-1] == eos
+                nll.append(judge_bits_per_char(judge, ids, gen, text + " " * ended))  # the end counts as a char
+        rows.append({"scale": scale, "judge_bits_per_char": sum(nll) / len(nll), "entropy_bits": char_entropy(texts),
+                     "example": texts[0][:60]})
+        print(f"scale {scale}: judge {rows[-1]['judge_bits_per_char']:.3f} bits/char, entropy "
+              f"{rows[-1]['entropy_bits']:.2f} bits  e.g. {rows[-1]['example']!r}", file=sys.stderr)
+    print(f"\n{args.prompts} validation prompts x {args.samples} samples, {args.length} tokens, {args.steps} steps, "
+          f"{model.process.default_sampler} sampler; model {args.model}, judge {args.judge}\n")
+    print("| guidance scale | judge NLL (bits/char) | vs unguided | entropy (bits) |")
+    print("|---|---|---|---|")
+    base = rows[0]["judge_bits_per_char"]
+    for r in rows:
+        print(f"| {r['scale']:g} | {r['judge_bits_per_char']:.3f} | {r['judge_bits_per_char'] / base - 1:+.1%} | "
+              f"{r['entropy_bits']:.2f} |")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.6, 3.8))
+        ax.plot([r["scale"] for r in rows], [r["judge_bits_per_char"] for r in rows], marker="o")
+        ax.set_xlabel("guidance scale w (0 = unguided)")
+        ax.set_ylabel("judge NLL of the response (bits/char)")
+        ax.set_title("classifier-free guidance")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        print(f"\nplot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
