@@ -46,9 +46,7 @@ class Corpus:
 def split_documents(docs: list[str]) -> tuple[list[str], list[str]]:
     """Whole documents to validation (i % 20 == 10) when there are >= 20 of them, else the tail of each."""
     if len(docs) >= VALIDATION_EVERY:
-        val = [d for i, d in enumerate(docs) if i % VALIDATION_EVERY == VALIDATION_OFFSET]
-        train = [d for i, d in enumerate(docs) if i % VALIDATION_EVERY != VALIDATION_OFFSET]
-        return train, val
+        return split_documents_list(docs)
     train, val = [], []
     for doc in docs:
         cut = int(len(doc) * (1 - VALIDATION_FRACTION))
@@ -146,48 +144,30 @@ def _read_text(path: pathlib.Path) -> str:
         raise DlmError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
 
 
-def _read_pairs(path: pathlib.Path) -> list[Pair]:
-    pairs = []
+def _read_jsonl(path: pathlib.Path) -> list[str] | list[Pair]:
+    """Documents (each line {"text": ...}) or prompt/response pairs (each line {"prompt": ...,
+    "response": ...}), whichever the first record is; every line must then be of that kind."""
+    records = []
     for n, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DlmError(f"{path}:{n} is not valid JSON ({e.msg})") from None
-        if not (isinstance(record, dict) and isinstance(record.get("prompt"), str)
-                and isinstance(record.get("response"), str)):
-            raise DlmError(f'{path}:{n} needs string "prompt" and "response" fields, like the lines before it')
-        pairs.append((record["prompt"], record["response"]))
-    return pairs
-
-
-def _is_pairs_file(path: pathlib.Path) -> bool:
-    for line in _read_text(path).splitlines():
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                return False
-            return isinstance(record, dict) and "prompt" in record and "response" in record
-    return False
-
-
-def _read_jsonl(path: pathlib.Path) -> list[str]:
-    docs = []
-    for n, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
+            records.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
             raise DlmError(f"{path}:{n} is not valid JSON ({e.msg}); each line must be an object "
-                           f'like {{"text": "..."}}') from None
+                           f'like {{"text": "..."}} (or {{"prompt": "...", "response": "..."}})') from None
+    first = records[0][1] if records else None
+    if isinstance(first, dict) and "prompt" in first and "response" in first:
+        for n, record in records:
+            if not (isinstance(record, dict) and isinstance(record.get("prompt"), str)
+                    and isinstance(record.get("response"), str)):
+                raise DlmError(f'{path}:{n} needs string "prompt" and "response" fields, like the lines before it')
+        return [(record["prompt"], record["response"]) for _, record in records]
+    for n, record in records:
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise DlmError(f'{path}:{n} has no string "text" field; each line must be an object '
                            f'like {{"text": "..."}}')
-        docs.append(record["text"])
-    return docs
+    return [record["text"] for _, record in records]
 
 
 def load_corpus(spec: str) -> Corpus:
@@ -204,10 +184,10 @@ def load_corpus(spec: str) -> Corpus:
             raise DlmError(f"folder {path} holds no .txt files; dlm reads .txt files, folders of them, "
                            f"and .jsonl files with a \"text\" field")
         docs = [_read_text(f) for f in files]
-    elif path.suffix == ".jsonl" and _is_pairs_file(path):
-        return pairs_corpus(path.name, _read_pairs(path), f"prompt/response pairs from {path}")
     elif path.suffix == ".jsonl":
         docs = _read_jsonl(path)
+        if docs and isinstance(docs[0], tuple):
+            return pairs_corpus(path.name, docs, f"prompt/response pairs from {path}")
     elif path.suffix == ".txt":
         docs = [_read_text(path)]
     else:
