@@ -73,3 +73,9 @@ def pack_pairs(tokenizer, pairs: Sequence[tuple[str, str]], length: int) -> tupl
     if not rows:
         return torch.zeros(0, length, dtype=torch.long), torch.zeros(0, length, dtype=torch.bool), 0
     return torch.tensor(rows, dtype=torch.long), torch.tensor(masks), chars
+
+
+def validation_pairs(tokenizer, pairs: Sequence[tuple[str, str]], length: int) -> tuple[Tensor, Tensor, float]:
+    """Held-out pairs as rows and loss masks (pack_pairs), and scored tokens per character."""
+    rows, masks, chars = pack_pairs(tokenizer, pairs, length)
+    return rows, masks, int(masks.sum()) / max(chars, 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from dlm.data.corpora import load_corpus
-from dlm.data.packing import evenly_spaced, pack_pairs, validation_chunks
+from dlm.data.packing import evenly_spaced, validation_chunks, validation_pairs
 from dlm.errors import DlmError
 from dlm.processes.likelihood import LikelihoodEstimate, estimate_likelihood
 from dlm.training.checkpoint import Checkpoint
@@ -23,12 +23,13 @@ def evaluate_checkpoint(ckpt: Checkpoint, *, data: str | None = None, chunks: in
     device = next(ckpt.model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     if corpus.is_pairs:  # the responses given their prompts
-        rows, masks, chars = pack_pairs(ckpt.tokenizer, corpus.validation_pairs, ckpt.context_length)
+        rows, masks, tokens_per_char = validation_pairs(ckpt.tokenizer, corpus.validation_pairs,
+                                                        ckpt.context_length)
         if rows.shape[0] == 0:
             raise DlmError(f"no validation pair of {spec!r} fits in the model's context of {ckpt.context_length}")
         return estimate_likelihood(ckpt.process, ckpt.model, evenly_spaced(rows, chunks).to(device),
                                    samples_per_chunk=samples, batch_size=batch_size,
-                                   tokens_per_char=int(masks.sum()) / max(chars, 1), generator=generator,
+                                   tokens_per_char=tokens_per_char, generator=generator,
                                    loss_masks=evenly_spaced(masks, chunks).to(device))
     all_chunks, tokens_per_char = validation_chunks(ckpt.tokenizer, corpus.validation, ckpt.context_length)
     if all_chunks.shape[0] == 0:

@@ -27,6 +27,7 @@ from dlm.processes.block import block_ids
 from dlm.sampling.ancestral import depends_on_time
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.categorical import check_knobs, filter_logits
+from dlm.sampling.confidence import block_steps
 from dlm.sampling.result import Callback, SampleOutput, StepInfo
 
 
@@ -41,13 +42,6 @@ def generation_start(canvas: Canvas, what: str) -> int:
         raise DlmError(f"{what} writes left to right: it can only continue a text, not fill a span that has "
                        f"fixed text after it (use a masked or uniform diffusion model to infill)")
     return start
-
-
-def split_steps(steps: int, blocks: int) -> list[int]:
-    """steps spread over the blocks as evenly as possible, the first ones getting the remainder."""
-    if steps < blocks:
-        raise ValueError(f"{blocks} blocks need at least {blocks} steps (one per block), got {steps}")
-    return [steps // blocks + (1 if k < steps % blocks else 0) for k in range(blocks)]
 
 
 @torch.no_grad()
@@ -68,7 +62,9 @@ def sample_blocks(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas, *
     device = canvas.tokens.device
     g = generation_start(canvas, "block diffusion")
     n_blocks = -(-(L - g) // b)
-    per_block = split_steps(steps, n_blocks) if n_blocks else []
+    if steps < n_blocks:
+        raise ValueError(f"{n_blocks} blocks need at least {n_blocks} steps (one per block), got {steps}")
+    per_block = block_steps(steps, n_blocks) if n_blocks else []
     config = getattr(denoiser, "config", None)
     if window is None and config is not None:
         window = max(config.max_len - b, 0)

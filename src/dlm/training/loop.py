@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from dlm.data.corpora import Corpus, load_corpus
-from dlm.data.packing import evenly_spaced, pack_pairs, pack_text, random_windows, validation_chunks
+from dlm.data.packing import (evenly_spaced, pack_pairs, pack_text, random_windows, validation_chunks,
+                              validation_pairs)
 from dlm.data.tokenizer import TOKENIZERS, Tokenizer, UnknownCharacterError
 from dlm.errors import DlmError
 from dlm.models.transformer import Transformer, preset_config
@@ -109,14 +110,15 @@ def prepare_pairs(config: TrainConfig, corpus: Corpus, tokenizer: Tokenizer) -> 
     """Prompt/response pairs as padded rows with loss masks (see pack_pairs)."""
     try:
         train, train_mask, _ = pack_pairs(tokenizer, corpus.train_pairs, config.seq_len)
-        validation, validation_mask, chars = pack_pairs(tokenizer, corpus.validation_pairs, config.seq_len)
+        validation, validation_mask, tokens_per_char = validation_pairs(tokenizer, corpus.validation_pairs,
+                                                                        config.seq_len)
     except UnknownCharacterError as e:
         raise DlmError(f"the validation pairs of {config.data!r} use a character the training pairs never do ({e}); "
                        f"use --tokenizer bpe") from None
     if train.shape[0] == 0 or validation.shape[0] == 0:
         raise DlmError(f"no prompt/response pair of {config.data!r} fits in --seq-len {config.seq_len} with room "
                        f"for a response; use a longer --seq-len")
-    return Dataset(tokenizer, train, validation, tokens_per_char=int(validation_mask.sum()) / max(chars, 1),
+    return Dataset(tokenizer, train, validation, tokens_per_char=tokens_per_char,
                    train_mask=train_mask, validation_mask=validation_mask)
 
 
