@@ -17,6 +17,7 @@ import time
 import torch
 from torch import Tensor
 
+from dlm.models.transformer import KVCache
 from dlm.processes.base import Denoiser
 from dlm.processes.masked import MaskedDiffusion
 from dlm.sampling.canvas import Canvas
@@ -47,9 +48,8 @@ class BlockCache:
 
     def logits(self, x: Tensor, t: Tensor, in_block: Tensor, fresh: bool) -> Tensor:
         """(B, L, V) logits; exact at the first step of a block (`fresh`), then only the re-run
-        columns are recomputed (the others keep their first-step values, unused by the sampler)."""
-        from dlm.models.transformer import KVCache
-
+        columns are recomputed, in place (the others keep their first-step values, which the
+        sampler does not use: it commits only inside the block)."""
         B, L = x.shape
         real = self.canvas.attention_mask
         if fresh:
@@ -70,9 +70,8 @@ class BlockCache:
         keys = torch.cat([self.cache.valid, real[:, lo:hi]], dim=1)  # (B, Lc + n)
         out = self.denoiser(x[:, lo:hi], t, positions=self.positions[:, lo:hi], mask=keys[:, None, None, :],
                             cache=self.cache)
-        logits = self.full_logits.clone()
-        logits[:, lo:hi] = out
-        return logits
+        self.full_logits[:, lo:hi] = out
+        return self.full_logits
 
 
 
