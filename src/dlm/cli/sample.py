@@ -52,7 +52,7 @@ def sampler_call(args: argparse.Namespace, ckpt: Checkpoint, canvas: Canvas, gen
         model = BannedTokens(model, banned)
     try:
         return sampler(model, ckpt.process, canvas, steps=steps, temperature=temperature, generator=generator,
-                       callback=callback, **knobs), name, steps, temperature
+                       callback=callback, **knobs), name, temperature
     except ValueError as e:  # knob combinations the sampler rejects (e.g. fewer steps than blocks)
         raise DlmError(str(e)) from None
 
@@ -100,10 +100,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         pieces = (edit_pieces(args.text, [Edit.parse(s) for s in args.span], tok) if args.span
                   else parse_template(args.text))
-        spans = [i for i, p in enumerate(pieces) if isinstance(p, int)]
-        if not ckpt.process.infills and spans and any(not isinstance(p, int) and p for p in pieces[spans[0]:]):
-            raise DlmError(f"a {ckpt.process.name} model writes left to right, so it cannot fill a span that has text "
-                           f"after it; use a masked, uniform or gaussian diffusion model, or end the text with the span")
         infill = infill_canvas(pieces, tok, num_samples=args.num_samples, device=device)
         canvas = infill.canvas
         check_fits(ckpt, canvas.shape[1], "the text and its spans")
@@ -114,9 +110,9 @@ def run(args: argparse.Namespace) -> int:
     view = live_view(args, ckpt, canvas, title=f"dlm {args.command}")
     if view is not None:
         with view:
-            out, name, steps, temperature = sampler_call(args, ckpt, canvas, generated, callback=view)
+            out, name, temperature = sampler_call(args, ckpt, canvas, generated, callback=view)
     else:
-        out, name, steps, temperature = sampler_call(args, ckpt, canvas, generated)
+        out, name, temperature = sampler_call(args, ckpt, canvas, generated)
     texts = [finish(out.tokens, b) for b in range(canvas.shape[0])]
     total_generated = generated * canvas.shape[0]
     payload = {texts_key: texts, "nfe": out.nfe, "steps": out.steps, "seconds": out.seconds,

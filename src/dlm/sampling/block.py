@@ -39,8 +39,8 @@ def generation_start(canvas: Canvas, what: str) -> int:
         return canvas.shape[1]
     start = int(editable.any(0).nonzero()[0])
     if not bool(editable[:, start:].all()) or bool(editable[:, :start].any()):
-        raise DlmError(f"{what} writes left to right: it can only continue a text, not fill a span that has "
-                       f"fixed text after it (use a masked or uniform diffusion model to infill)")
+        raise DlmError(f"{what} writes left to right, so it cannot fill a span that has text after it; use a "
+                       f"masked, uniform or gaussian diffusion model, or end the text with the span")
     return start
 
 
