@@ -89,6 +89,15 @@ def test_infill_json_keeps_the_text(run_dir, capsys):
     assert payload["text"].startswith("To be, ") and payload["text"].endswith(" not to be")
 
 
+def test_infill_of_unknown_length(run_dir, capsys):
+    payload = run_json(capsys, ["infill", str(run_dir), "--text", "To be, or not to be", "--span", "6:9:2-10",
+                                "--lengths", "3", "--num-samples", "2", "--sampler", "confidence"])
+    assert payload["candidates"] == [[2], [6], [10]]
+    assert len(payload["bits_per_char"]) == 2 and len(payload["bits_per_char"][0]) == 3
+    for text, (n,) in zip(payload["texts"], payload["lengths"]):
+        assert n in (2, 6, 10) and text == "To be," + text[6:6 + n] + " not to be"
+
+
 @pytest.mark.parametrize("argv,message", [
     (["generate", "{run}", "--prompt", "To be " * 10, "--length", "10"], "more than the model's context of 32"),
     (["generate", "{run}", "--prompt", "Zebra", "--length", "4"], "character 'Z' (U+005A)"),

@@ -109,12 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infill", help="fill marked spans inside a text, or rewrite character ranges of it",
                        description="Regenerate only the spans marked <fill:N> (N tokens each), or with --span "
                                    "the given character ranges of a plain text; all other text comes back byte "
-                                   "for byte.")
+                                   "for byte. A span of unknown length (<fill:A-B>, or --span START:END:A-B) is "
+                                   "filled at several lengths from A to B and the likeliest text under the model "
+                                   "is kept.")
     add_sampling_arguments(p)
     p.add_argument("--text", required=True, help="e.g. 'Friends, Romans, <fill:12>, lend me your ears'")
-    p.add_argument("--span", action="append", default=None, metavar="START:END[:N]",
+    p.add_argument("--span", action="append", default=None, metavar="START:END[:N|:A-B]",
                    help="rewrite characters START..END-1 of --text (a plain text, no <fill:N>), into N tokens "
-                        "(default: as many as it has); repeatable")
+                        "(default: as many as it has) or between A and B tokens; repeatable")
+    p.add_argument("--lengths", type=positive_int, default=6, metavar="K",
+                   help="for a span of unknown length: how many lengths from A to B to try (default 6)")
 
     p = sub.add_parser("demo", help="train (or reuse) the default model, then sample and infill live",
                        description="The main job: trains the tiny model on the bundled Shakespeare for a few "

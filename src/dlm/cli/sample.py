@@ -12,6 +12,7 @@ from dlm.errors import DlmError
 from dlm.sampling import SAMPLERS, Canvas, infill_canvas, parse_template
 from dlm.sampling.editing import BannedTokens, Edit, cut_at_stop, edit_pieces
 from dlm.sampling.guidance import ClassifierFreeGuidance
+from dlm.sampling.length import candidate_lengths, infill_lengths, with_lengths
 from dlm.training.checkpoint import Checkpoint, load_checkpoint
 from dlm.training.performance import resolve_device
 
@@ -73,6 +74,45 @@ def live_view(args: argparse.Namespace, ckpt: Checkpoint, canvas: Canvas, title:
     return LiveView(ckpt.tokenizer, canvas, title=title)
 
 
+def emit(args: argparse.Namespace, payload: dict, texts: list[str], summary: str, printed: bool = False) -> int:
+    if args.json:
+        from dlm.cli import emit_json
+
+        emit_json(payload)
+        return 0
+    if not printed:
+        for i, text in enumerate(texts):
+            if len(texts) > 1:
+                print(f"--- sample {i + 1}")
+            print(text)
+    print(summary, file=sys.stderr)
+    return 0
+
+
+def run_length_search(args: argparse.Namespace, ckpt: Checkpoint, pieces: list, device) -> int:
+    """`dlm infill` with a span of unknown length: fill it at several lengths, keep the likeliest."""
+    tok = ckpt.tokenizer
+    longest = [c[-1] for c in zip(*candidate_lengths(pieces, per_span=args.lengths))] if pieces else []
+    check_fits(ckpt, infill_canvas(with_lengths(pieces, longest), tok).canvas.shape[1],
+               "the text and its longest spans")
+    used = {}
+
+    def fill(canvas: Canvas):
+        out, used["sampler"], used["temperature"] = sampler_call(args, ckpt, canvas, int(canvas.editable[0].sum()))
+        return out
+
+    search = infill_lengths(fill, ckpt.model, ckpt.process, pieces, tok, num_samples=args.num_samples,
+                            per_span=args.lengths, seed=args.seed, device=device)
+    payload = {"texts": search.texts, "text": search.texts[0], "lengths": [list(n) for n in search.lengths],
+               "candidates": [list(n) for n in search.candidates],
+               "bits_per_char": search.bits_per_char.T.tolist(),  # (samples, candidates)
+               "nfe": search.nfe, "seconds": search.seconds, "seed": args.seed, **used}
+    chosen = ", ".join("/".join(str(n) for n in lengths) for lengths in search.lengths)
+    return emit(args, payload, search.texts,
+                f"[{used['sampler']} sampler: tried {len(search.candidates)} span lengths, chose {chosen} tokens "
+                f"(likeliest per character); {search.nfe} forward passes, {search.seconds:.2f} s]")
+
+
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device)
@@ -100,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         pieces = (edit_pieces(args.text, [Edit.parse(s) for s in args.span], tok) if args.span
                   else parse_template(args.text))
+        if any(isinstance(p, range) for p in pieces):
+            return run_length_search(args, ckpt, pieces, device)
         infill = infill_canvas(pieces, tok, num_samples=args.num_samples, device=device)
         canvas = infill.canvas
         check_fits(ckpt, canvas.shape[1], "the text and its spans")
@@ -121,17 +163,7 @@ def run(args: argparse.Namespace) -> int:
                "seed": args.seed}
     if args.command == "infill":
         payload["text"] = texts[0]
-    if args.json:
-        from dlm.cli import emit_json
-
-        emit_json(payload)
-        return 0
-    if view is None:
-        for i, text in enumerate(texts):
-            if len(texts) > 1:
-                print(f"--- sample {i + 1}")
-            print(text)
-    print(f"[{name} sampler: {out.steps} steps, {out.nfe} forward passes, {out.seconds:.2f} s, "
-          f"{payload['tokens_per_second']:.0f} tokens/s, {out.tokens_per_forward:.2f} tokens per forward]",
-          file=sys.stderr)
-    return 0
+    return emit(args, payload, texts,
+                f"[{name} sampler: {out.steps} steps, {out.nfe} forward passes, {out.seconds:.2f} s, "
+                f"{payload['tokens_per_second']:.0f} tokens/s, {out.tokens_per_forward:.2f} tokens per forward]",
+                printed=view is not None)

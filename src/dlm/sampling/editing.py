@@ -27,19 +27,23 @@ from dlm.sampling.infill import Piece
 class Edit:
     start: int  # first character to rewrite
     end: int  # one past the last (start == end inserts)
-    length: int | None = None  # tokens to write there; None = as many as the range has now
+    length: int | range | None = None  # tokens to write there (a range: search them, see sampling.length);
+    # None = as many as the range has now
 
     @classmethod
     def parse(cls, spec: str) -> "Edit":
-        """'START:END' or 'START:END:N' (characters; N tokens)."""
+        """'START:END', 'START:END:N' or 'START:END:A-B' (characters; N tokens, or A to B tokens)."""
         parts = spec.split(":")
         try:
-            numbers = [int(p) for p in parts]
+            numbers = [int(p) for p in parts[:2]]
+            if len(parts) == 3:
+                low, _, high = parts[2].partition("-")
+                numbers.append(int(low) if not high else range(int(low), int(high) + 1))
         except ValueError:
             numbers = []
-        if len(numbers) not in (2, 3):
-            raise DlmError(f"--span {spec!r}: write START:END or START:END:N (character offsets, N tokens), "
-                           f"e.g. 10:24 or 10:24:8")
+        if len(numbers) not in (2, 3) or len(parts) > 3:
+            raise DlmError(f"--span {spec!r}: write START:END, START:END:N or START:END:A-B (character offsets; "
+                           f"N tokens, or between A and B), e.g. 10:24, 10:24:8 or 10:24:4-16")
         return cls(*numbers)
 
 
@@ -56,7 +60,8 @@ def edit_pieces(text: str, edits: Sequence[Edit], tokenizer: Tokenizer) -> list[
         if e.start < pos:
             raise DlmError(f"range {e.start}:{e.end} overlaps the range before it; give ranges that do not overlap")
         n = e.length if e.length is not None else len(tokenizer.encode(text[e.start:e.end]))
-        if n < 1:
+        shortest = (n.start if len(n) else 0) if isinstance(n, range) else n
+        if shortest < 1:
             raise DlmError(f"range {e.start}:{e.end} would be rewritten into no tokens: give it a length "
                            f"(START:END:N with N >= 1)")
         if e.start > pos:

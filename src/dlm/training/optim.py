@@ -44,9 +44,13 @@ def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr_r
 
 def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """The nearest semi-orthogonal matrix to each G (U V^T of its SVD), approximately, by a quintic
-    Newton-Schulz iteration with Jordan et al.'s coefficients; (..., A, B) -> (..., A, B), float32."""
+    Newton-Schulz iteration with Jordan et al.'s coefficients; (..., A, B) -> (..., A, B), bfloat16.
+
+    In bfloat16, as Jordan et al. run it: the iteration only has to land the singular values
+    near 1, and on this machine's AMX bf16 products it is 2.7x faster than float32 (a 384x1536
+    matrix: 26 ms against 71 ms), which for the small preset was most of an optimizer step."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.float()
+    X = G.bfloat16()
     wide = X.shape[-2] <= X.shape[-1]
     if not wide:
         X = X.mT
