@@ -22,7 +22,7 @@ from dlm.sampling.confidence import BlockCache
 from dlm.training import load_checkpoint
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from sampling import prompts_from_validation  # noqa: E402
+from judge import prompts_from_validation  # noqa: E402
 
 
 @torch.no_grad()

@@ -1,14 +1,16 @@
 """Classifier-free guidance against the judge: does guidance make the continuation likelier?
 
-    dlm train --data shakespeare-pairs --process ar --minutes 3 --seq-len 96 --out runs/judge
-    dlm train --data shakespeare-pairs --cond-drop 0.1 --minutes 3.5 --seq-len 96 --out runs/cond
-    python benchmarks/guidance.py --model runs/cond --judge runs/judge --plot guidance.png
+    dlm train --preset small --process ar --seq-len 256 --batch-size 16 --minutes 12 --out runs/ar
+    dlm train --preset small --data shakespeare-pairs --cond-drop 0.1 --seq-len 96 --minutes 10 --out runs/cond
+    python benchmarks/guidance.py --model runs/cond --judge runs/ar --plot guidance.png
 
-The model is trained on prompt/response pairs with condition dropout; the judge is an AR model
-of the same pairs (it scores responses given prompts). For validation prompts, the model writes
-a response of --length tokens with guidance scales --scales (0 = unguided); the judge's
-negative log-likelihood of each response given its prompt (bits/char, lower = likelier) and the
-responses' character entropy (a check against degenerate text) are averaged per scale.
+The model is trained on prompt/response pairs (a line of a speech, then the next line) with
+condition dropout; the judge is an AR model of the same text (it scores the response as the
+continuation of its prompt). For validation prompts, the model writes a response of up to
+--length tokens (it ends at end-of-text) with guidance scales --scales (0 = unguided); the
+judge's negative log-likelihood of each response given its prompt (bits/char, lower =
+likelier), the responses' character entropy (a check against degenerate text) and their mean
+length are averaged per scale.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from sampling import char_entropy, judge_bits_per_char  # noqa: E402
+from judge import Judge, char_entropy, mean  # noqa: E402
 
 from dlm.data.corpora import load_corpus  # noqa: E402
 from dlm.sampling import SAMPLERS, Canvas  # noqa: E402
@@ -38,17 +40,15 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=2, help="samples per prompt and scale")
     p.add_argument("--plot", default=None)
     args = p.parse_args(argv)
-    model, judge = load_checkpoint(args.model), load_checkpoint(args.judge)
+    model, judge = load_checkpoint(args.model), Judge(args.judge)
     tok = model.tokenizer
-    if judge.tokenizer.vocab_size != tok.vocab_size or judge.tokenizer.specials != tok.specials:
-        raise SystemExit("the judge must share the model's tokenizer (train both on the same data)")
     pairs = load_corpus(model.config["train"]["data"]).validation_pairs
     prompts = [pairs[i * len(pairs) // args.prompts][0] for i in range(args.prompts)]
     sampler = SAMPLERS[model.process.default_sampler]
     eos = tok.specials["eos"]
     rows = []
     for scale in args.scales:
-        nll, texts = [], []
+        nll, texts, lengths = [], [], []
         for i, prompt in enumerate(prompts):
             ids = tok.encode(prompt)
             canvas = Canvas.for_generation([ids] * args.samples, args.length, fill_id=tok.mask_id, pad_id=tok.pad_id)
@@ -58,23 +58,23 @@ def main(argv=None) -> int:
                           generator=torch.Generator().manual_seed(i))
             for row in range(args.samples):
                 gen = canvas.generated(out.tokens, row)
-                gen = gen[:gen.index(eos) + 1] if eos in gen else gen  # the judge also scores the end
-                text = tok.decode(gen)
+                text = tok.decode(gen[:gen.index(eos)] if eos in gen else gen)  # the response ends at eos
                 texts.append(text)
-                ended = bool(gen) and gen[-1] == eos
-                nll.append(judge_bits_per_char(judge, ids, gen, text + " " * ended))  # the end counts as a char
-        rows.append({"scale": scale, "judge_bits_per_char": sum(nll) / len(nll), "entropy_bits": char_entropy(texts),
-                     "example": texts[0][:60]})
+                lengths.append(len(text))
+                nll.append(judge.bits_per_char(prompt, text))
+        rows.append({"scale": scale, "judge_bits_per_char": mean(nll), "entropy_bits": char_entropy(texts),
+                     "mean_chars": mean(lengths), "example": texts[0][:60]})
         print(f"scale {scale}: judge {rows[-1]['judge_bits_per_char']:.3f} bits/char, entropy "
-              f"{rows[-1]['entropy_bits']:.2f} bits  e.g. {rows[-1]['example']!r}", file=sys.stderr)
+              f"{rows[-1]['entropy_bits']:.2f} bits, {rows[-1]['mean_chars']:.1f} chars  "
+              f"e.g. {rows[-1]['example']!r}", file=sys.stderr)
     print(f"\n{args.prompts} validation prompts x {args.samples} samples, {args.length} tokens, {args.steps} steps, "
           f"{model.process.default_sampler} sampler; model {args.model}, judge {args.judge}\n")
-    print("| guidance scale | judge NLL (bits/char) | vs unguided | entropy (bits) |")
-    print("|---|---|---|---|")
+    print("| guidance scale | judge NLL (bits/char) | vs unguided | entropy (bits) | mean length (chars) |")
+    print("|---|---|---|---|---|")
     base = rows[0]["judge_bits_per_char"]
     for r in rows:
         print(f"| {r['scale']:g} | {r['judge_bits_per_char']:.3f} | {r['judge_bits_per_char'] / base - 1:+.1%} | "
-              f"{r['entropy_bits']:.2f} |")
+              f"{r['entropy_bits']:.2f} | {r['mean_chars']:.1f} |")
     if args.plot:
         import matplotlib
 

@@ -93,7 +93,7 @@ def test_infill_of_unknown_length(run_dir, capsys):
     payload = run_json(capsys, ["infill", str(run_dir), "--text", "To be, or not to be", "--span", "6:9:2-10",
                                 "--lengths", "3", "--num-samples", "2", "--sampler", "confidence"])
     assert payload["candidates"] == [[2], [6], [10]]
-    assert len(payload["bits_per_char"]) == 2 and len(payload["bits_per_char"][0]) == 3
+    assert payload["criterion"] == "context" and len(payload["scores"]) == 2 and len(payload["scores"][0]) == 3
     for text, (n,) in zip(payload["texts"], payload["lengths"]):
         assert n in (2, 6, 10) and text == "To be," + text[6:6 + n] + " not to be"
 
@@ -111,6 +111,9 @@ def test_infill_of_unknown_length(run_dir, capsys):
      "cannot cover 4 blocks"),
     (["infill", "{run}", "--text", "To <fill:abc> be"], "malformed span"),
     (["infill", "{run}", "--text", "no spans"], "no span to fill"),
+    (["generate", "{run}", "--prompt", "To", "--length", "8", "--sampler", "confidence", "--block-length", "4",
+      "--cache", "dual", "--cfg", "1"], "cannot be combined with --cache dual"),
+    (["infill", "{run}", "--text", "To <fill:9-3> be"], "bounds reversed"),
     (["eval", "{run}", "--data", "{run}/missing.txt"], "neither a built-in corpus"),
 ])
 def test_bad_input_gets_a_message(run_dir, capsys, argv, message):

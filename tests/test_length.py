@@ -62,14 +62,43 @@ def test_the_likeliest_text_per_character_wins(tokenizer, fill_char, expected):
     process, _ = build("masked", tokenizer)
     scorer = Prefers(tokenizer.encode("a")[0], tokenizer.vocab_size)
     search = infill_lengths(fill_with(tokenizer.encode(fill_char)[0]), scorer, process,
-                            ["To be, ", range(1, 10), "aaaaaaa"], tokenizer, num_samples=2, per_span=5,
-                            score_samples=64)
+                            ["To be, ", range(1, 10), "aaaaaaa"], tokenizer, criterion="text", num_samples=2,
+                            per_span=5, score_samples=64)
     assert search.candidates == [(1,), (3,), (5,), (7,), (9,)]
     assert search.lengths == [expected, expected]
     assert search.texts[0] == "To be, " + fill_char * expected[0] + "aaaaaaa"
-    assert search.bits_per_char.shape == (5, 2)
-    assert bool(torch.all(search.bits_per_char.argmin(0) == search.candidates.index(expected)))
+    assert search.criterion == "text" and search.scores.shape == (5, 2)
+    assert bool(torch.all(search.scores.argmin(0) == search.candidates.index(expected)))
     assert search.nfe == 5 * 2  # one sampling pass (the fake fill) and one scoring pass per candidate
+
+
+class ExpectsLength(Prefers):
+    """Expects 'a' everywhere in a sequence of `length` tokens, and nothing in particular otherwise."""
+
+    def __init__(self, token: int, vocab_size: int, length: int):
+        super().__init__(token, vocab_size)
+        self.length = length
+
+    def __call__(self, x_t, t, *, attention_mask=None, **_):
+        logits = super().__call__(x_t, t)
+        return logits if x_t.shape[1] == self.length else torch.zeros_like(logits)
+
+
+def test_context_criterion_picks_the_length_that_makes_the_context_likeliest(tokenizer):
+    """Masked diffusion: the span stays masked and only the fixed text is scored; no fill is
+    needed to choose, and only the chosen length is filled."""
+    process, _ = build("masked", tokenizer)
+    a = tokenizer.encode("a")[0]
+    pieces = ["aaaa", range(2, 13), "aaa"]  # 7 fixed tokens; the scorer expects 7 + 8 in all
+    search = infill_lengths(fill_with(a), ExpectsLength(a, tokenizer.vocab_size, 15), process, pieces, tokenizer,
+                            num_samples=3, per_span=6, score_samples=4)
+    assert search.criterion == "context"  # the default for an absorbing process
+    assert search.candidates == [(2,), (4,), (6,), (8,), (10,), (12,)]
+    assert search.lengths == [(8,)] * 3 and search.texts == ["a" * 15] * 3
+    assert search.nfe == 6 + 1  # one scoring pass per candidate, then the one fill
+    with pytest.raises(DlmError, match="no \\[MASK\\]"):
+        infill_lengths(fill_with(a), ExpectsLength(a, tokenizer.vocab_size, 15), build("uniform", tokenizer)[0],
+                       pieces, tokenizer, criterion="context")
 
 
 @pytest.mark.parametrize("process_name", sorted(p for p in PROCESSES if PROCESSES[p].infills))
@@ -81,9 +110,12 @@ def test_unknown_length_keeps_the_text_around_the_span(process_name, tokenizer):
     def fill(canvas):
         return sampler(model, process, canvas, steps=4, temperature=1.0, generator=torch.Generator().manual_seed(0))
 
-    search = infill_lengths(fill, model, process, pieces, tokenizer, num_samples=3, per_span=4, score_samples=2)
-    assert search.candidates == [(2,), (5,), (8,), (11,)]
-    for text, (n,) in zip(search.texts, search.lengths):
-        assert text.startswith("To be, ") and text.endswith(" to be, that is")
-        assert len(text) == len("To be, ") + n + len(" to be, that is")  # one character per token
-    assert torch.isfinite(search.bits_per_char).all()
+    for criterion in ("text", "context") if process.absorbing else ("text",):
+        search = infill_lengths(fill, model, process, pieces, tokenizer, criterion=criterion, num_samples=3,
+                                per_span=4, score_samples=2)
+        assert search.candidates == [(2,), (5,), (8,), (11,)]
+        for text, (n,) in zip(search.texts, search.lengths):
+            assert text.startswith("To be, ") and text.endswith(" to be, that is")
+            assert (n,) in search.candidates
+            assert len(text) <= len("To be, ") + n + len(" to be, that is")  # <= one character per token (eos: none)
+        assert torch.isfinite(search.scores).all()

@@ -47,7 +47,11 @@ def sampler_call(args: argparse.Namespace, ckpt: Checkpoint, canvas: Canvas, gen
     model = ckpt.model
     if args.cfg:
         condition = ~canvas.editable & canvas.attention_mask  # the prompt and any fixed text
-        model = ClassifierFreeGuidance(model, condition, scale=args.cfg, null_id=ckpt.tokenizer.mask_id)
+        if args.cache not in (None, "none"):
+            raise DlmError(f"--cfg cannot be combined with --cache {args.cache} (an approximate cache built outside "
+                           f"the model); leave out --cache")
+        model = ClassifierFreeGuidance(model, condition, scale=args.cfg, null_id=ckpt.tokenizer.mask_id,
+                                       attention_mask=canvas.attention_mask)
     if args.ban:
         banned = ckpt.tokenizer.encode(args.ban)
         model = BannedTokens(model, banned)
@@ -105,12 +109,12 @@ def run_length_search(args: argparse.Namespace, ckpt: Checkpoint, pieces: list, 
                             per_span=args.lengths, seed=args.seed, device=device)
     payload = {"texts": search.texts, "text": search.texts[0], "lengths": [list(n) for n in search.lengths],
                "candidates": [list(n) for n in search.candidates],
-               "bits_per_char": search.bits_per_char.T.tolist(),  # (samples, candidates)
+               "criterion": search.criterion, "scores": search.scores.T.tolist(),  # (samples, candidates)
                "nfe": search.nfe, "seconds": search.seconds, "seed": args.seed, **used}
     chosen = ", ".join("/".join(str(n) for n in lengths) for lengths in search.lengths)
     return emit(args, payload, search.texts,
                 f"[{used['sampler']} sampler: tried {len(search.candidates)} span lengths, chose {chosen} tokens "
-                f"(likeliest per character); {search.nfe} forward passes, {search.seconds:.2f} s]")
+                f"(by the {search.criterion} criterion); {search.nfe} forward passes, {search.seconds:.2f} s]")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ class Autoregressive:
     default_sampler = "autoregressive"
     samplers = ("autoregressive",)
     infills = False  # left to right only: a span cannot see the text after it
+    absorbing = False
     extends_context = True  # the sampler slides a window over its cache: it can write past max_len
     exact = True  # nelbo is the exact -log p: one evaluation pass per chunk is enough
     TRAINING_DEFAULTS: dict = {}

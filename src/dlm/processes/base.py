@@ -32,6 +32,8 @@ class ForwardProcess(Protocol):
       default_sampler  the SAMPLERS entry `dlm generate` uses by default
       samplers         the SAMPLERS entries that can sample it
       infills          whether it can generate a span that has fixed text after it
+      absorbing        whether its noise is a [MASK] token (mask_id), so that the model gives the
+                       likelihood of text with some positions left masked (marginalised over them)
       schedules        the noise schedule names its config accepts
       TRAINING_DEFAULTS  config entries `dlm train` uses unless told otherwise
       model_options()  ModelConfig fields the denoiser must have (attention, time_conditioning, ...)
@@ -42,6 +44,7 @@ class ForwardProcess(Protocol):
     default_sampler: str
     samplers: tuple[str, ...]
     infills: bool
+    absorbing: bool
 
     def model_options(self) -> dict: ...
 

@@ -58,6 +58,7 @@ class BlockDiffusion:
     default_sampler = "block"
     samplers = ("block",)
     infills = False  # a block sees only the text before it
+    absorbing = True  # within a block: the masked process
     extends_context = True  # the sampler slides a window over its cache: it can write past max_len
     TRAINING_DEFAULTS = MaskedDiffusion.TRAINING_DEFAULTS
     schedules = MaskedDiffusion.schedules

@@ -178,6 +178,7 @@ class GaussianDiffusion:
     default_sampler = "ddim"
     samplers = ("ddpm", "ddim")
     infills = True
+    absorbing = False
     schedules = tuple(GAUSSIAN_SCHEDULES)  # the noise schedules its config accepts
     TRAINING_DEFAULTS: dict = {}  # Diffusion-LM's sqrt schedule; nothing measured here favours another
 

@@ -26,6 +26,7 @@ class MaskedDiffusion:
     samplers = ("ancestral", "confidence", "remdm")
     bound = "NELBO (upper bound on -log p)"
     infills = True
+    absorbing = True  # noise is [MASK]: the model scores text with any positions left masked
     schedules = tuple(SCHEDULES)  # the noise schedules it accepts
     # What `dlm train` uses unless told otherwise (measured in 5-minute runs; docs/architecture.md).
     TRAINING_DEFAULTS = {"schedule": {"name": "polynomial"}, "objective": "normalized"}

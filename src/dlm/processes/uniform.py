@@ -37,6 +37,7 @@ class UniformDiffusion:
     # position to stay revisable (any token may still be noise), so only exact reverse steps fit.
     samplers = ("ancestral",)
     infills = True
+    absorbing = False
     schedules = tuple(SCHEDULES)  # the noise schedules it accepts
     TRAINING_DEFAULTS: dict = {}  # the linear schedule; nothing measured yet favours another
 
