@@ -22,11 +22,11 @@ run: install
 test: install
 	$(PY) -m pytest
 
+# The quick comparison suite (report.md, report.json and plots in bench/); the scripts in
+# benchmarks/ are the longer single-question measurements, run by hand.
 bench: install
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]"
-	$(PY) benchmarks/matmul_peak.py
-	$(PY) benchmarks/train_throughput.py
-	$(PY) benchmarks/likelihood.py
+	$(VENV)/bin/dlm bench --suite quick --out bench
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -38,13 +38,16 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=48)
     p.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 4.0])
     p.add_argument("--samples", type=int, default=2, help="samples per prompt and scale")
+    p.add_argument("--sampler", default=None, help="default: the model's own")
+    p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--plot", default=None)
     args = p.parse_args(argv)
     model, judge = load_checkpoint(args.model), Judge(args.judge)
     tok = model.tokenizer
     pairs = load_corpus(model.config["train"]["data"]).validation_pairs
     prompts = [pairs[i * len(pairs) // args.prompts][0] for i in range(args.prompts)]
-    sampler = SAMPLERS[model.process.default_sampler]
+    sampler_name = args.sampler or model.process.default_sampler
+    sampler = SAMPLERS[sampler_name]
     eos = tok.specials["eos"]
     rows = []
     for scale in args.scales:
@@ -53,8 +56,8 @@ def main(argv=None) -> int:
             ids = tok.encode(prompt)
             canvas = Canvas.for_generation([ids] * args.samples, args.length, fill_id=tok.mask_id, pad_id=tok.pad_id)
             denoiser = ClassifierFreeGuidance(model.model, ~canvas.editable & canvas.attention_mask, scale=scale,
-                                              null_id=tok.mask_id)
-            out = sampler(denoiser, model.process, canvas, steps=args.steps,
+                                              null_id=tok.mask_id, attention_mask=canvas.attention_mask)
+            out = sampler(denoiser, model.process, canvas, steps=args.steps, temperature=args.temperature,
                           generator=torch.Generator().manual_seed(i))
             for row in range(args.samples):
                 gen = canvas.generated(out.tokens, row)
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
               f"{rows[-1]['entropy_bits']:.2f} bits, {rows[-1]['mean_chars']:.1f} chars  "
               f"e.g. {rows[-1]['example']!r}", file=sys.stderr)
     print(f"\n{args.prompts} validation prompts x {args.samples} samples, {args.length} tokens, {args.steps} steps, "
-          f"{model.process.default_sampler} sampler; model {args.model}, judge {args.judge}\n")
+          f"{sampler_name} sampler at temperature {args.temperature:g}; model {args.model}, judge {args.judge}\n")
     print("| guidance scale | judge NLL (bits/char) | vs unguided | entropy (bits) | mean length (chars) |")
     print("|---|---|---|---|---|")
     base = rows[0]["judge_bits_per_char"]

@@ -5,7 +5,7 @@
 Each of --prompts validation prompts (--prompt-chars characters) is continued by --length
 tokens, --samples times, with the masked-diffusion ancestral sampler (MDLM: a committed token is
 never revisited) and with ReMDM's "cap" and "loop" schedules (committed tokens are remasked),
-at 0.5, 1, 2 and 4 steps per token, nucleus sampling (top-p --top-p, as ReMDM evaluates).
+at --ratios steps per token (default 0.5, 1, 2 and 4), nucleus sampling (top-p --top-p, as ReMDM evaluates).
 Quality: the AR judge's negative log-likelihood of the continuation given the prompt (bits/char,
 lower = likelier) and the samples' character entropy (bits; low = repetitive). ReMDM's claim
 to check: with more steps than tokens, remasking improves quality where MDLM stalls.
@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--length", type=int, default=96)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--eta", type=float, default=0.02, help="ReMDM's remasking strength")
+    p.add_argument("--ratios", type=float, nargs="+", default=list(STEPS_PER_TOKEN), help="steps per token")
     p.add_argument("--plot", default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     }
     rows = []
     for name, sample in samplers.items():
-        for ratio in STEPS_PER_TOKEN:
+        for ratio in args.ratios:
             steps = max(1, round(ratio * args.length))
             out = sample(steps, torch.Generator().manual_seed(0))
             texts = [tok.decode(canvas.generated(out.tokens, b)) for b in range(len(rows_prompts))]

@@ -1,4 +1,4 @@
-"""The `dlm` command: train, eval, generate, infill, demo.
+"""The `dlm` command: train, eval, generate, infill, bench, demo.
 
 Every command takes --json for one machine-readable JSON object on stdout; messages and
 progress go to stderr. Bad input ends with a one-line message and exit status 1 (2 for
@@ -15,7 +15,7 @@ import sys
 from dlm import __version__
 from dlm.errors import DlmError
 
-COMMANDS = ("train", "eval", "generate", "infill", "demo")
+COMMANDS = ("train", "eval", "generate", "infill", "bench", "demo")
 
 
 def positive_int(text: str) -> int:
@@ -120,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", type=positive_int, default=6, metavar="K",
                    help="for a span of unknown length: how many lengths from A to B to try (default 6)")
 
+    p = sub.add_parser("bench", help="diffusion against autoregressive, measured side by side: report + plots",
+                       description="Trains (or reuses from --cache) the masked, uniform, block and gaussian "
+                                   "processes and the AR baseline at one preset and budget, an AR judge and two "
+                                   "BPE models of Python, then measures likelihood, judged quality and "
+                                   "diversity, quality against steps and parallelism, speed against length, "
+                                   "infilling and long outputs; writes report.md, report.json and PNG plots.")
+    p.add_argument("--suite", choices=["quick", "full"], default="quick",
+                   help="quick: tiny models, about 12 minutes on 2 cores; full: longer training, more samples")
+    p.add_argument("--out", default="bench", help="folder for report.md, report.json and the plots")
+    p.add_argument("--cache", default=None, help="where the trained models live (default ~/.cache/dlm/bench-SUITE)")
+    p.add_argument("--minutes", type=non_negative_float, default=None,
+                   help="override the training budget of each compared model")
+    p.add_argument("--json", action="store_true", help="print the report's path and summary as JSON")
+
     p = sub.add_parser("demo", help="train (or reuse) the default model, then sample and infill live",
                        description="The main job: trains the tiny model on the bundled Shakespeare for a few "
                                    "minutes (cached), reports bits/char, shows a generation and an infill.")
@@ -128,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true", help="ignore a cached model")
     p.add_argument("--json", action="store_true")
     return parser
+
+
+def cache_home():
+    """Where dlm keeps models it trains for itself (demo, bench): $DLM_CACHE, else ~/.cache/dlm."""
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("DLM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "dlm")
 
 
 def emit_json(payload: dict) -> None:
@@ -147,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         from importlib import import_module
 
         module = {"train": "train", "eval": "evaluate", "generate": "sample", "infill": "sample",
-                  "demo": "demo"}[args.command]
+                  "bench": "bench", "demo": "demo"}[args.command]
         return import_module(f"dlm.cli.{module}").run(args) or 0
     except DlmError as e:
         print(f"dlm {args.command}: error: {e}", file=sys.stderr)

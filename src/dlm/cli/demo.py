@@ -5,7 +5,6 @@ drawn live, and end with a table of what it measured."""
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -28,8 +27,9 @@ INFILL = "This royal throne of <fill:5>, this scepter'd isle,\nThis earth of maj
 def cache_dir(args: argparse.Namespace) -> Path:
     if args.cache:
         return Path(args.cache).expanduser()
-    root = Path(os.environ.get("DLM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "dlm")
-    return root / f"demo-{__version__}"
+    from dlm.cli import cache_home
+
+    return cache_home() / f"demo-{__version__}"
 
 
 def ensure_model(args: argparse.Namespace, console) -> tuple[Path, float, bool]:

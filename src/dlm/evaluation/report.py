@@ -1,0 +1,194 @@
+"""The bench report: report.json (every row), report.md (the tables, the mission document's
+comparison table with measured rows) and PNG plots, all from one BenchResult."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+from dlm.evaluation.bench import BenchResult
+
+COLORS = {"masked": "tab:blue", "uniform": "tab:orange", "block": "tab:green", "gaussian": "tab:purple",
+          "ar": "tab:gray", "masked (threshold)": "tab:cyan"}
+
+
+def fmt(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:,.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def by(rows: list[dict], **match) -> list[dict]:
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def plots(result: BenchResult, out: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {}
+    # speed against length
+    batches = sorted({r["batch"] for r in result.speed})
+    fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4.2), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        for name in COLORS:
+            pts = sorted(by(result.speed, process=name, batch=batch), key=lambda r: r["length"])
+            if pts:
+                ax.plot([r["length"] for r in pts], [r["seconds"] for r in pts], marker="o", color=COLORS[name],
+                        label=name if name == "ar" else f"{name} ({pts[0]['steps']} steps)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("generated tokens per sample")
+        ax.set_ylabel("seconds per batch (wall clock)")
+        ax.set_title(f"speed against output length, batch {batch}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    files["speed"] = "speed_vs_length.png"
+    fig.savefig(out / files["speed"], dpi=110)
+    plt.close(fig)
+    # quality against steps, and against tokens per forward
+    for key, xkey, xlabel, log2 in (("quality_steps", "steps", "denoising steps", True),
+                                    ("quality_tpf", "tokens_per_forward", "generated tokens per forward pass", True)):
+        fig, ax = plt.subplots(figsize=(6.2, 4.4))
+        for name in COLORS:
+            pts = sorted(by(result.steps, process=name), key=lambda r: r[xkey])
+            if pts and not (key == "quality_steps" and name == "masked (threshold)"):
+                ax.plot([r[xkey] for r in pts], [r["judge_bits_per_char"] for r in pts], marker="o",
+                        color=COLORS[name], label=name)
+        ar = by(result.samples, process="ar")
+        if ar:
+            ax.axhline(ar[0]["judge_bits_per_char"], color=COLORS["ar"], linestyle=":", label="AR (1 token/forward)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("AR judge NLL of the samples (bits/char)")
+        ax.set_title("quality against " + ("steps" if key == "quality_steps" else "parallelism"))
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        files[key] = f"{key.replace('quality_', 'quality_vs_')}.png"
+        fig.savefig(out / files[key], dpi=110)
+        plt.close(fig)
+    # likelihood
+    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    names = [r["process"] for r in result.likelihood]
+    ax.bar(names, [r["bits_per_char"] for r in result.likelihood], yerr=[r["stderr"] for r in result.likelihood],
+           color=[COLORS.get(n, "tab:gray") for n in names], capsize=4)
+    ax.set_ylabel("validation bits/char (bound; exact for AR)")
+    ax.set_title("likelihood at the same preset and training budget")
+    fig.tight_layout()
+    files["likelihood"] = "likelihood.png"
+    fig.savefig(out / files["likelihood"], dpi=110)
+    plt.close(fig)
+    return files
+
+
+def classic_table(result: BenchResult) -> str:
+    """The mission document's comparison table (generation, speed, quality, training, control,
+    architecture), each cell a measured figure of this run."""
+    like = {r["process"]: r for r in result.likelihood}
+    samples = {r["process"]: r for r in result.samples}
+    speed = result.speed
+    lengths = sorted({r["length"] for r in speed})
+    lo, hi = lengths[0], lengths[-1]
+
+    def growth(name: str, batch: int = 1) -> str:
+        a, b = by(speed, process=name, batch=batch, length=lo), by(speed, process=name, batch=batch, length=hi)
+        return f"{b[0]['seconds'] / a[0]['seconds']:.1f}x" if a and b else "n/a"
+
+    diffusion = [n for n in ("masked", "uniform", "block", "gaussian") if n in like]
+    best = min(diffusion, key=lambda n: like[n]["bits_per_char"]) if diffusion else None
+    fastest_tpf = max((r for r in result.steps), key=lambda r: r["tokens_per_forward"], default=None)
+    infill = {r["model"]: r for r in result.infill}
+    ar_s = samples.get("ar", {})
+    rows = [
+        ["Generation", f"parallel: up to {fmt(fastest_tpf['tokens_per_forward'], 1)} tokens per forward pass "
+                       f"({fastest_tpf['process']}, {fastest_tpf['setting']})" if fastest_tpf else "n/a",
+         "sequential: 1 token per forward pass"],
+        ["Inference speed", f"time from {lo} to {hi} tokens at {by(speed, process='masked')[0]['steps']} steps: "
+                            f"masked x{growth('masked')[:-1]}, block x{growth('block')[:-1]} (batch 1)",
+         f"time from {lo} to {hi} tokens: x{growth('ar')[:-1]} (batch 1, KV cache)"],
+        ["Quality", f"best bound {fmt(like[best]['bits_per_char'])} bits/char ({best}); AR judge "
+                    f"{fmt(samples[best]['judge_bits_per_char'])}, n-gram judge "
+                    f"{fmt(samples[best].get('ngram_bits_per_char'))} bits/char" if best else "n/a",
+         f"exact {fmt(like['ar']['bits_per_char'])} bits/char; AR judge {fmt(ar_s.get('judge_bits_per_char'))}, "
+         f"n-gram judge {fmt(ar_s.get('ngram_bits_per_char'))} bits/char" if "ar" in like else "n/a"],
+        ["Training", f"{fmt(like[best]['train_tokens_per_second'], 0)} tokens/s ({best}); same budget" if best
+         else "n/a", f"{fmt(like['ar']['train_tokens_per_second'], 0)} tokens/s" if "ar" in like else "n/a"],
+        ["Control", f"infills a held-out code line from both sides: exact match "
+                    f"{fmt(infill['masked']['exact_match'], 2)}, char accuracy {fmt(infill['masked']['char_accuracy'], 2)}"
+         if "masked" in infill else "n/a",
+         f"prefix only: exact match {fmt(infill['ar']['exact_match'], 2)}, char accuracy "
+         f"{fmt(infill['ar']['char_accuracy'], 2)}" if "ar" in infill else "n/a"],
+        ["Architecture", f"the same Transformer, bidirectional attention, {like[best]['parameters'] / 1e6:.2f}M "
+                         f"parameters" if best else "n/a",
+         f"the same Transformer, causal attention, {like['ar']['parameters'] / 1e6:.2f}M parameters"
+         if "ar" in like else "n/a"],
+    ]
+    return table(["Aspect", "Diffusion LM (measured)", "Autoregressive LM (measured)"], rows)
+
+
+def write_report(result: BenchResult, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(asdict(result), indent=2, default=str))
+    files = plots(result, out)
+    m, s = result.machine, result.suite
+    md = [f"# dlm bench: diffusion against autoregressive ({s['name']} suite)", "",
+          f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads"
+          f"{', GPU ' + m['gpu'] if m['gpu'] else ', no GPU'}; torch {m['torch']}. "
+          f"Run time {result.seconds / 60:.1f} min. Models: preset `{s['preset']}`, {s['minutes']:g} min of training "
+          f"each, context {s['seq_len']}. Judges: an AR `{result.judge['preset']}` model "
+          f"({result.judge['parameters'] / 1e6:.1f}M parameters, {result.judge['minutes']:g} min, validation "
+          f"{fmt(result.judge['val_bits_per_char'])} bits/char) and a character {result.judge['ngram_order']}-gram "
+          f"Kneser-Ney model (nltk). Every figure below comes from this run.", "",
+          "## The comparison", "", classic_table(result), "",
+          "## Likelihood", "", f"![likelihood]({files['likelihood']})", "",
+          table(["process", "bits/char", "± stderr", "what it is", "params", "train tokens/s"],
+                [[r["process"], r["bits_per_char"], r["stderr"], r["bound"], f"{r['parameters'] / 1e6:.2f}M",
+                  fmt(r["train_tokens_per_second"], 0)] for r in result.likelihood]), "",
+          "## Sample quality and diversity", "",
+          f"{s['prompts']} validation prompts x {s['samples_per_prompt']} samples of {s['length']} tokens, each "
+          "model's default sampler at one step per token, temperature 1. Judge NLLs in bits/char (lower = likelier "
+          "to the judge); judged likelihood rewards repetition, so read it with the entropy and distinct-n "
+          "(higher = more varied) and self-BLEU (lower = samples of one prompt differ more).", "",
+          table(["process", "sampler", "NFE", "AR judge", "n-gram judge", "entropy (bits)", "distinct-1",
+                 "distinct-2", "distinct-3", "self-BLEU"],
+                [[r["process"], r["sampler"], str(r["nfe"]), r["judge_bits_per_char"], r.get("ngram_bits_per_char"),
+                  r["entropy_bits"], r["distinct_1"], r["distinct_2"], r["distinct_3"], r.get("self_bleu")]
+                 for r in result.samples]), "",
+          "## Quality against steps and parallelism", "",
+          f"![quality against steps]({files['quality_steps']}) ![quality against tokens per forward]"
+          f"({files['quality_tpf']})", "",
+          table(["process", "setting", "NFE", "tokens/forward", "AR judge (bits/char)", "entropy (bits)"],
+                [[r["process"], r["setting"], str(r["nfe"]), r["tokens_per_forward"], r["judge_bits_per_char"],
+                  r["entropy_bits"]] for r in result.steps]), "",
+          "## Speed against output length", "",
+          f"Diffusion at a fixed {s['speed_steps']} steps (block diffusion: at least one per block), AR one forward "
+          "pass per token with its KV cache; one untimed warm-up per model and batch size.", "",
+          f"![speed against length]({files['speed']})", "",
+          table(["process", "batch", "tokens", "steps", "NFE", "seconds", "tokens/s", "tokens/forward"],
+                [[r["process"], str(r["batch"]), str(r["length"]), str(r["steps"]), str(r["nfe"]), r["seconds"],
+                  fmt(r["tokens_per_second"], 0), r["tokens_per_forward"]] for r in result.speed]), "",
+          "## Infilling Python (BPE)", "",
+          "One line of each held-out standard-library function. Masked diffusion fills it between the text "
+          "before and after, told its length in tokens, greedy confidence decoding; the AR model is not trained "
+          "fill-in-the-middle: it sees the text before the line only and writes greedily to the end of the line.", "",
+          table(["model", "sees", "cases", "exact match", "char accuracy", "seconds"],
+                [[r["model"], r["sees"], str(r["cases"]), r["exact_match"], r["char_accuracy"], r["seconds"]]
+                 for r in result.infill]), "",
+          "## Long outputs", "",
+          "The AR judge's bits/char of each quarter of long samples, given everything before it. Error "
+          "accumulation shows as last/first > 1. Whole-canvas samplers write within their trained context.", "",
+          table(["process", "tokens", "Q1", "Q2", "Q3", "Q4", "last / first"],
+                [[r["process"], str(r["length"]), *r["quarters"], r["last_over_first"]] for r in result.long]), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(md))
+    return path
