@@ -66,7 +66,7 @@ class Suite:
 
 
 SUITES = {
-    "quick": Suite("quick", preset="tiny", minutes=0.7, judge_preset="small", judge_minutes=1.8, code_minutes=0.5,
+    "quick": Suite("quick", preset="tiny", minutes=0.8, judge_preset="small", judge_minutes=2.5, code_minutes=0.9,
                    long_length=512),
     "full": Suite("full", preset="tiny", minutes=5.0, judge_preset="base", judge_minutes=30.0, code_minutes=5.0,
                   eval_chunks=0, prompts=32, samples_per_prompt=4, length=128,
@@ -256,7 +256,7 @@ def measure_infill(code: dict[str, Checkpoint], suite: Suite) -> list[dict]:
                 guess = infill.assemble(out.tokens, tok)[len(before):-len(after) or None]
             else:
                 texts, _ = generate(ar, [before], max(len(ar.tokenizer.encode(line)) * 2, 8), temperature=0.0)
-                guess = texts[0].split("\n")[0]
+                guess = texts[0].lstrip("\n").split("\n")[0]  # the line it writes (a BPE token may open with \n)
             exact.append(float(guess.strip() == line.strip()))
             accuracy.append(char_accuracy(guess.strip(), line.strip()))
         rows.append({"model": name, "sees": "before and after" if name == "masked" else "before only",
