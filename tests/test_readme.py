@@ -17,8 +17,12 @@ from conftest import write_corpus
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+def blocks(language: str, section: str | None = None) -> list[str]:
+    """The README's code blocks in `language`, all of them or those under the `## section` heading."""
+    text = README.read_text()
+    if section is not None:
+        text = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +59,7 @@ def test_cli_examples_run_as_written(workdir, monkeypatch):
 
 
 def test_python_example_runs_as_written(workdir):
-    code = blocks("python")[0]
+    code = blocks("python", section="Python")[0]
     out = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "forward passes" in out.stdout

@@ -3,71 +3,31 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 
-import torch
-
 from dlm.errors import DlmError
-from dlm.sampling import SAMPLERS, Canvas, infill_canvas, parse_template
-from dlm.sampling.editing import BannedTokens, Edit, cut_at_stop, edit_pieces
-from dlm.sampling.guidance import ClassifierFreeGuidance
+from dlm.sampling import Canvas, infill_canvas, parse_template
+from dlm.sampling.editing import Edit, cut_at_stop, edit_pieces
+from dlm.sampling.run import SamplerRequest, check_fits, run_sampler
 from dlm.sampling.length import candidate_lengths, infill_lengths, with_lengths
 from dlm.training.checkpoint import Checkpoint, load_checkpoint
 from dlm.training.performance import resolve_device
 
-DEFAULT_TEMPERATURE = {"confidence": 0.0}  # LLaDA decodes greedily; every other sampler samples at 1
+CLI_FLAGS = {"schedule": "--remask", "cfg": "--cfg", "cache": "--cache", "sampler": "--sampler"}
+
+
+def cli_flag(knob: str) -> str:
+    return CLI_FLAGS.get(knob, "--" + knob.replace("_", "-"))
 
 
 def sampler_call(args: argparse.Namespace, ckpt: Checkpoint, canvas: Canvas, generated: int, callback=None):
-    """Run the chosen sampler with the knobs the user gave; refuse knobs it does not take."""
-    process = ckpt.process
-    name = args.sampler or process.default_sampler
-    if name not in process.samplers:
-        raise DlmError(f"the {name} sampler cannot sample a {process.name} model; use "
-                       f"{' or '.join('--sampler ' + s for s in process.samplers)}")
-    sampler = SAMPLERS[name]
+    """Run the chosen sampler with the knobs the user gave on the command line (see run_sampler)."""
     knobs = {"block_length": args.block_length, "top_k": args.top_k, "top_p": args.top_p,
              "threshold": args.threshold, "factor": args.factor, "confidence": args.confidence,
              "eta": args.eta, "schedule": args.remask, "cache": args.cache}
-    knobs = {k: v for k, v in knobs.items() if v is not None}
-    accepted = inspect.signature(sampler).parameters
-    if "eos_id" in accepted and args.command == "generate":
-        knobs["eos_id"] = ckpt.tokenizer.specials["eos"]  # stop once every sample has ended
-    refused = [k for k in knobs if k not in accepted]
-    if refused:
-        flags = {"schedule": "--remask"}
-        raise DlmError(f"the {name} sampler does not take "
-                       f"{', '.join(flags.get(k, '--' + k.replace('_', '-')) for k in refused)}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise DlmError(f"--top-p must be in (0, 1], got {args.top_p}")
-    steps = args.steps or max(generated, 1)
-    temperature = DEFAULT_TEMPERATURE.get(name, 1.0) if args.temperature is None else args.temperature
-    generator = torch.Generator(device=canvas.tokens.device).manual_seed(args.seed)
-    model = ckpt.model
-    if args.cfg:
-        condition = ~canvas.editable & canvas.attention_mask  # the prompt and any fixed text
-        if args.cache not in (None, "none"):
-            raise DlmError(f"--cfg cannot be combined with --cache {args.cache} (an approximate cache built outside "
-                           f"the model); leave out --cache")
-        model = ClassifierFreeGuidance(model, condition, scale=args.cfg, null_id=ckpt.tokenizer.mask_id,
-                                       attention_mask=canvas.attention_mask)
-    if args.ban:
-        banned = ckpt.tokenizer.encode(args.ban)
-        model = BannedTokens(model, banned)
-    try:
-        return sampler(model, ckpt.process, canvas, steps=steps, temperature=temperature, generator=generator,
-                       callback=callback, **knobs), name, temperature
-    except ValueError as e:  # knob combinations the sampler rejects (e.g. fewer steps than blocks)
-        raise DlmError(str(e)) from None
-
-
-def check_fits(ckpt: Checkpoint, total: int, what: str) -> None:
-    if getattr(ckpt.process, "extends_context", False):
-        return  # its sampler slides a window over the text: any length works
-    if total > ckpt.context_length:
-        raise DlmError(f"{what} need {total} tokens, more than the model's context of {ckpt.context_length}; "
-                       f"shorten the text or generate fewer tokens")
+    request = SamplerRequest(sampler=args.sampler, steps=args.steps, temperature=args.temperature, seed=args.seed,
+                             knobs=knobs, cfg=args.cfg, ban=args.ban, stop_at_eos=args.command == "generate")
+    return run_sampler(ckpt, canvas, request, generated=generated, callback=callback, option=cli_flag)
 
 
 def live_view(args: argparse.Namespace, ckpt: Checkpoint, canvas: Canvas, title: str):
