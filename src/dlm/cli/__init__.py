@@ -1,4 +1,4 @@
-"""The `dlm` command: train, eval, generate, infill, bench, demo.
+"""The `dlm` command: train, eval, generate, infill, bench, demo, serve.
 
 Every command takes --json for one machine-readable JSON object on stdout; messages and
 progress go to stderr. Bad input ends with a one-line message and exit status 1 (2 for
@@ -15,7 +15,7 @@ import sys
 from dlm import __version__
 from dlm.errors import DlmError
 
-COMMANDS = ("train", "eval", "generate", "infill", "bench", "demo")
+COMMANDS = ("train", "eval", "generate", "infill", "bench", "demo", "serve")
 
 
 def positive_int(text: str) -> int:
@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None, help="where the demo model lives (default ~/.cache/dlm/demo)")
     p.add_argument("--retrain", action="store_true", help="ignore a cached model")
     p.add_argument("--json", action="store_true")
+
+    from dlm.cli.serve import add_arguments as serve_arguments
+    serve_arguments(sub.add_parser("serve", help="answer HTTP requests: OpenAI-style completions, infilling, a web page",
+                                   description="Serve a checkpoint over HTTP: POST /v1/completions (OpenAI schema, "
+                                               "streaming), POST /v1/infill, GET /v1/models, /health, /metrics, "
+                                               "and a web page at / that draws the denoising. Needs the [server] extra."))
     return parser
 
 
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         from importlib import import_module
 
         module = {"train": "train", "eval": "evaluate", "generate": "sample", "infill": "sample",
-                  "bench": "bench", "demo": "demo"}[args.command]
+                  "bench": "bench", "demo": "demo", "serve": "serve"}[args.command]
         return import_module(f"dlm.cli.{module}").run(args) or 0
     except DlmError as e:
         print(f"dlm {args.command}: error: {e}", file=sys.stderr)

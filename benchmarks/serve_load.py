@@ -1,0 +1,149 @@
+"""Load test of `dlm serve`: N requests from C concurrent clients, with the engine batching
+requests into shared forward passes, and again one request per sampler call (--max-rows 1);
+reports errors, p50/p99 latency, throughput and the batching gain.
+
+    python benchmarks/serve_load.py --model runs/masked --requests 400 --concurrency 32
+    python benchmarks/serve_load.py --url http://127.0.0.1:8000 --requests 400   # a running server
+
+With --model it starts two servers in this process on free ports of 127.0.0.1 (batched, then
+one-at-a-time), so both runs see the same model and the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+PROMPTS = ["To be", "The ", "And ", "What ", "O, ", "My lord", "I am", "Thou art", "Come, ", "Good "]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
+
+
+def load(url: str, *, requests: int, concurrency: int, body: dict, prompts: list[str] = PROMPTS,
+         timeout: float = 120.0) -> dict:
+    """Fire `requests` completions from `concurrency` threads; latencies, errors and throughput."""
+    latencies, errors, tokens = [], [], []
+    lock = threading.Lock()
+    clients = threading.local()
+
+    def one(i: int) -> None:
+        if not hasattr(clients, "c"):
+            clients.c = httpx.Client(timeout=timeout)
+        start = time.perf_counter()
+        try:
+            r = clients.c.post(url + "/v1/completions", json={**body, "prompt": prompts[i % len(prompts)]})
+            ok = r.status_code == 200
+            detail = None if ok else f"{r.status_code}: {r.text[:200]}"
+        except httpx.HTTPError as e:
+            ok, detail = False, repr(e)
+        seconds = time.perf_counter() - start
+        with lock:
+            if ok:
+                latencies.append(seconds)
+                tokens.append(r.json()["usage"]["completion_tokens"])
+            else:
+                errors.append(detail)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - start
+    return {"requests": requests, "concurrency": concurrency, "errors": len(errors), "first_errors": errors[:3],
+            "p50_s": percentile(latencies, 0.5), "p99_s": percentile(latencies, 0.99),
+            "mean_s": statistics.fmean(latencies) if latencies else float("nan"),
+            "requests_per_s": len(latencies) / wall, "tokens_per_s": sum(tokens) / wall, "seconds": wall}
+
+
+def mean_batch_rows(url: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("dlm_batch_rows_"))
+    return float(values["dlm_batch_rows_sum"]) / max(float(values["dlm_batch_rows_count"]), 1.0)
+
+
+class Served:
+    """A checkpoint served by uvicorn in a thread on a free port."""
+
+    def __init__(self, ckpt, limits):
+        import uvicorn
+
+        from dlm.server.app import create_app
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(ckpt, limits=limits, seed=0), log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", help="checkpoint to serve here (batched, then one request at a time)")
+    where.add_argument("--url", help="a running `dlm serve` (batched run only)")
+    p.add_argument("--requests", type=int, default=400)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--sampler", default=None, help="default: the model's own")
+    p.add_argument("--max-rows", type=int, default=32, help="rows per batched forward pass")
+    p.add_argument("--window-ms", type=float, default=10.0)
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    body = {"max_tokens": args.max_tokens, "steps": args.steps}
+    if args.sampler:
+        body["sampler"] = args.sampler
+    runs = {}
+    if args.url:
+        runs["batched"] = load(args.url, requests=args.requests, concurrency=args.concurrency, body=body)
+        runs["batched"]["mean_batch_rows"] = mean_batch_rows(args.url)
+    else:
+        from dlm.server.limits import Limits
+        from dlm.training import load_checkpoint
+
+        ckpt = load_checkpoint(args.model)
+        for name, rows in (("batched", args.max_rows), ("one_at_a_time", 1)):
+            limits = Limits(max_rows=rows, max_queue=max(64, args.concurrency * 2), window_ms=args.window_ms,
+                            max_tokens=max(args.max_tokens, 1), timeout_s=600)
+            with Served(ckpt, limits) as served:
+                load(served.url, requests=min(8, args.requests), concurrency=2, body=body)  # warm-up
+                runs[name] = load(served.url, requests=args.requests, concurrency=args.concurrency, body=body)
+                runs[name]["mean_batch_rows"] = mean_batch_rows(served.url)
+        runs["batching_gain"] = runs["batched"]["requests_per_s"] / runs["one_at_a_time"]["requests_per_s"]
+    for name, r in runs.items():
+        if isinstance(r, dict):
+            print(f"{name:>14}: {r['requests']} requests from {r['concurrency']} clients, {r['errors']} errors, "
+                  f"p50 {r['p50_s'] * 1000:.0f} ms, p99 {r['p99_s'] * 1000:.0f} ms, {r['requests_per_s']:.1f} req/s, "
+                  f"{r['tokens_per_s']:.0f} tokens/s, {r['mean_batch_rows']:.1f} rows per forward pass")
+    if "batching_gain" in runs:
+        print(f"batching gain: {runs['batching_gain']:.2f}x the throughput of one request per sampler call")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(runs, f, indent=2)
+    failed = sum(r["errors"] for r in runs.values() if isinstance(r, dict))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""The engine: one worker thread that batches requests into shared sampler calls.
+
+Requests arrive as `Job`s (canvas rows plus the sampler settings that shape them). The worker
+takes the oldest job, waits a short collection window for others, and runs every queued job
+whose settings batch with it as rows of one Canvas, so one forward pass serves them all. A
+job hears about its rows through `emit(event)` (plain dicts, see below); the HTTP layer turns
+those into JSON or server-sent events.
+
+Which jobs share a batch (per-request determinism; see `Settings.batch_key`):
+- a request without a seed promises nothing about its randomness: it batches with any other
+  unseeded request of equal settings, and the batch draws from a generator the engine seeds;
+- a request with a seed must give the same text whatever else is running. The samplers take
+  one generator for the whole (B, L) canvas, so a row's draws depend on the rows beside it:
+  a seeded request therefore runs alone (its n rows together, exactly as
+  `dlm generate --seed S --num-samples n`), unless its sampler is deterministic and batch
+  invariant (confidence and autoregressive at temperature 0, tested in tests/test_samplers.py), in
+  which case the seed does not matter and it batches like an unseeded one.
+
+Events emitted to a job:
+  {"type": "step", "step", "steps", "t", "nfe", "rows": [{"positions", "token_ids", "tokens",
+   "confidences"}]}                    after every sampler step (only when the job asks for steps)
+  {"type": "text", "row", "text"}      a row's committed text grew (only when the job streams)
+  {"type": "done", "rows": [{"text", "finish_reason", "tokens"}], "nfe", "steps", "seconds",
+   "batch_rows", "sampler", "temperature"}
+  {"type": "error", "status", "message"}
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from dlm.sampling.run import SamplerRequest, run_sampler
+from dlm.errors import DlmError
+from dlm.sampling import Canvas, StepInfo
+from dlm.sampling.editing import cut_at_stop
+from dlm.server.metrics import Metrics
+
+log = logging.getLogger("dlm.server")
+
+# Samplers whose output at temperature 0 is a function of each row alone (batch invariance is
+# tested for them), so a seed is irrelevant and seeded requests may share a batch.
+GREEDY_BATCH_INVARIANT = frozenset({"confidence", "autoregressive"})
+
+
+def request_field(knob: str) -> str:
+    """How a sampler knob is spelled in a request body (for messages)."""
+    return {"cfg": "cfg_scale"}.get(knob, knob)
+# Samplers that may turn a written token back into [MASK]: a position that is not masked is not final.
+REMASKING = frozenset({"remdm"})
+# Samplers that write each position once, left to right, over the canvas's [MASK] placeholder.
+LEFT_TO_RIGHT = frozenset({"autoregressive"})
+
+
+def commits_are_final(process, sampler: str) -> bool:
+    """Whether a generated position that no longer holds [MASK] will never change again: true for
+    absorbing processes (masked, block) and left-to-right samplers, unless the sampler remasks. Under
+    uniform or Gaussian noise every position is noise until the end, so nothing streams early."""
+    return sampler not in REMASKING and (bool(getattr(process, "absorbing", False)) or sampler in LEFT_TO_RIGHT)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that shapes how a canvas row is sampled; jobs batch only when these are equal."""
+    command: str  # "generate" or "infill": as `dlm generate` / `dlm infill` sample them
+    sampler: str
+    steps: int
+    temperature: float
+    generated: int  # positions written per row (max_tokens, or the sum of the span lengths)
+    block_length: int | None = None
+    threshold: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    cfg_scale: float = 0.0
+    seed: int | None = None
+
+    def batch_key(self) -> "Settings | None":
+        """What a job must match to share a batch, or None when it must run alone."""
+        if self.seed is None:
+            return self
+        if self.sampler in GREEDY_BATCH_INVARIANT and self.temperature == 0:
+            return replace(self, seed=None)
+        return None
+
+    def request(self, seed: int) -> SamplerRequest:
+        """The sampler request for `dlm.sampling.run.run_sampler`."""
+        return SamplerRequest(sampler=self.sampler, steps=self.steps, temperature=self.temperature, seed=seed,
+                              knobs={"block_length": self.block_length, "top_k": self.top_k, "top_p": self.top_p,
+                                     "threshold": self.threshold},
+                              cfg=self.cfg_scale, stop_at_eos=self.command == "generate")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One canvas row and how its generated ids become text."""
+    segments: tuple  # canvas segments: token ids (tuple) kept as they are, or an int n of positions to write
+    pieces: tuple  # the text's layout: literal strings and span lengths (a completion is just (n,))
+    ends_at_eos: bool  # a completion ends at its first end-of-text token; an infill span does not
+    stops: tuple[str, ...] = ()
+
+
+@dataclass(eq=False)
+class Job:
+    settings: Settings
+    rows: list[Row]
+    emit: Callable[[dict], None]  # called from the worker thread; must be thread-safe
+    stream: bool = False  # send "text" events as the committed text grows
+    step_events: bool = False  # send a "step" event after every sampler step
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """The client went away or its time ran out: skip it if queued, stop its batch if it was the last."""
+        self.cancelled.set()
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Abandoned(Exception):
+    """Raised from the sampler's callback when every job of a batch was cancelled."""
+
+
+def render(row: Row, ids: list[int], tokenizer, *, final: bool) -> tuple[str, str | None, int]:
+    """The text of a row so far -> (text, finish_reason or None while it may still grow, tokens).
+
+    While sampling (`final=False`) the text stops before the first position still [MASK], and
+    holds back what a stop string or an incomplete UTF-8 character could still change, so the
+    text only ever grows by appending."""
+    mask_id, eos_id = tokenizer.mask_id, tokenizer.eos_id
+    out, used, tokens, ended, open_ = [], 0, 0, False, False
+    for piece in row.pieces:
+        if isinstance(piece, str):
+            out.append(piece)
+            continue
+        span = ids[used:used + piece]
+        used += piece
+        cut = len(span)
+        if row.ends_at_eos and eos_id in span:
+            cut, ended = span.index(eos_id), True
+        if not final and mask_id in span[:cut]:
+            cut, ended, open_ = span.index(mask_id), False, True
+        out.append(tokenizer.decode(span[:cut]))
+        tokens += cut
+        if ended or open_:
+            break
+    text = "".join(out)
+    stopped = cut_at_stop(text, row.stops)
+    if len(stopped) < len(text):
+        return stopped, "stop", tokens
+    if open_:
+        held = max((len(s) for s in row.stops), default=1) - 1  # a stop string could still begin here
+        text = text[:len(text) - held].rstrip("\ufffd")
+        return text, None, tokens
+    return text, ("stop" if ended or not row.ends_at_eos else "length"), tokens
+
+
+def step_rows(info: StepInfo, canvas: Canvas, rows: range, tokenizer) -> list[dict]:
+    """What changed in each of `rows` at this step, in positions counted over the row's editable
+    (generated) positions, left to right."""
+    out = []
+    for b in rows:
+        editable = canvas.editable[b]  # (L,)
+        changed = info.changed[b][editable]  # (G,) over the generated positions
+        ids = info.tokens[b][editable][changed].tolist()  # (k,)
+        conf = None
+        if info.confidence is not None:
+            conf = [round(float(c), 4) for c in info.confidence[b][editable][changed]]
+        out.append({"positions": changed.nonzero().flatten().tolist(), "token_ids": ids,
+                    "tokens": [tokenizer.token_text(i) for i in ids], "confidences": conf})
+    return out
+
+
+class Engine:
+    def __init__(self, ckpt, *, metrics: Metrics | None = None, max_queue: int = 64, max_batch_rows: int = 16,
+                 window_s: float = 0.01, seed: int | None = None):
+        self.ckpt = ckpt
+        self.metrics = metrics or Metrics()
+        self.max_queue = max_queue
+        self.max_batch_rows = max_batch_rows
+        self.window_s = window_s
+        self._seeds = random.Random(seed)  # seeds for the batches of unseeded requests
+        self._queue: list[Job] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.device = next(ckpt.model.parameters()).device
+
+    # -- the public side ------------------------------------------------------------------
+    def start(self) -> "Engine":
+        if self._thread is None:
+            self._closing = False
+            self._thread = threading.Thread(target=self._loop, name="dlm-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            for job in self._queue:
+                job.emit({"type": "error", "status": 503, "message": "the server is shutting down"})
+            self._queue.clear()
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def submit(self, job: Job) -> None:
+        if len(job.rows) > self.max_batch_rows:
+            raise DlmError(f"a request may have at most {self.max_batch_rows} rows (prompts x n), got {len(job.rows)}")
+        with self._cond:
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull(f"the queue is full ({self.max_queue} requests waiting); retry shortly")
+            self._queue.append(job)
+            self.metrics.set_queue_depth(len(self._queue))
+            self._cond.notify()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread is running (GET /health)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def queue_depth(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    # -- the worker -----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if self._closing:
+                    return
+                head = self._queue[0]
+                waiting = sum(len(j.rows) for j in self._queue)
+            if head.settings.batch_key() is not None and waiting < self.max_batch_rows:
+                time.sleep(self.window_s)  # the collection window: let requests arriving together join
+            with self._cond:
+                jobs = self._take()
+                self.metrics.set_queue_depth(len(self._queue))
+            if jobs:
+                try:
+                    self._run(jobs)
+                except Exception:  # never let the worker die; the jobs hear about it
+                    log.exception("sampling failed")
+                    for job in jobs:
+                        job.emit({"type": "error", "status": 500, "message": "internal error while sampling"})
+
+    def _take(self) -> list[Job]:
+        """Remove and return the oldest live job and every queued job that batches with it."""
+        self._queue = [j for j in self._queue if not j.cancelled.is_set()]
+        if not self._queue:
+            return []
+        head = self._queue[0]
+        key = head.settings.batch_key()
+        if key is None:
+            self._queue.pop(0)
+            return [head]
+        jobs, rows = [], 0
+        for job in self._queue:
+            if job.settings.batch_key() == key and rows + len(job.rows) <= self.max_batch_rows:
+                jobs.append(job)
+                rows += len(job.rows)
+        self._queue = [j for j in self._queue if j not in jobs]
+        return jobs
+
+    def _run(self, jobs: list[Job]) -> None:
+        ckpt, tok = self.ckpt, self.ckpt.tokenizer
+        settings = jobs[0].settings
+        seed = settings.seed if len(jobs) == 1 and settings.seed is not None else self._seeds.getrandbits(63)
+        rows = [row for job in jobs for row in job.rows]
+        canvas = Canvas.from_segments([[list(s) if isinstance(s, tuple) else s for s in row.segments] for row in rows],
+                                      fill_id=tok.mask_id, pad_id=tok.pad_id, device=self.device)  # (B, L)
+        spans, start = [], 0  # each job's rows of the canvas
+        for job in jobs:
+            spans.append(range(start, start + len(job.rows)))
+            start += len(job.rows)
+        live = commits_are_final(ckpt.process, settings.sampler)
+        shown: dict[tuple[int, int], str] = {}
+
+        def callback(info: StepInfo) -> None:
+            if all(job.cancelled.is_set() for job in jobs):
+                raise Abandoned
+            for job, span in zip(jobs, spans):
+                if job.cancelled.is_set():
+                    continue
+                if job.step_events:
+                    job.emit({"type": "step", "step": info.step, "steps": info.steps, "t": info.t, "nfe": info.nfe,
+                              "rows": step_rows(info, canvas, span, tok)})
+                if job.stream and live:
+                    for i, b in enumerate(span):
+                        text, _, _ = render(job.rows[i], canvas.generated(info.tokens, b), tok, final=False)
+                        if len(text) > len(shown.get((id(job), i), "")):
+                            shown[(id(job), i)] = text
+                            job.emit({"type": "text", "row": i, "text": text})
+
+        try:
+            out, name, temperature = run_sampler(ckpt, canvas, settings.request(seed), generated=settings.generated,
+                                                 callback=callback, option=request_field)
+        except Abandoned:
+            return
+        except DlmError as e:
+            for job in jobs:
+                job.emit({"type": "error", "status": 400, "message": str(e)})
+            return
+        total = 0
+        for job, span in zip(jobs, spans):
+            results = []
+            for i, b in enumerate(span):
+                text, reason, tokens = render(job.rows[i], canvas.generated(out.tokens, b), tok, final=True)
+                results.append({"text": text, "finish_reason": reason, "tokens": tokens})
+                total += tokens
+            job.emit({"type": "done", "rows": results, "nfe": out.nfe, "steps": out.steps, "seconds": out.seconds,
+                      "batch_rows": len(rows), "sampler": name, "temperature": temperature})
+        self.metrics.batch(len(rows), out.nfe, total)

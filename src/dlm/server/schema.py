@@ -1,0 +1,187 @@
+"""Request bodies and the one place that turns a request into engine Jobs.
+
+Validation happens here, once, at the edge: every refusal is an `ApiError` with a 4xx status
+and a message that says what to change; nothing past this point checks user input again.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dlm.sampling.run import DEFAULT_TEMPERATURE, check_fits
+from dlm.errors import DlmError
+from dlm.sampling import SAMPLERS, parse_template
+from dlm.server.engine import Row, Settings
+from dlm.server.limits import Limits
+
+MAX_SEED = 2**63 - 1
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+UNSUPPORTED = {"echo", "logprobs", "best_of", "suffix", "logit_bias", "presence_penalty", "frequency_penalty"}
+
+
+class SamplingFields(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model: str | None = None
+    n: int = 1
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict | None = None  # accepted for OpenAI clients; usage always comes in the last chunk
+    user: str | None = None  # accepted and ignored, as a tag for the caller's own logs
+    # dlm's own fields
+    steps: int | None = None
+    sampler: str | None = None
+    block_length: int | None = None
+    threshold: float | None = None
+    cfg_scale: float = 0.0
+    dlm_steps: bool = False  # with stream: also send an `event: dlm.step` after every denoising step
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] = ""
+    max_tokens: int | None = None
+    stop: str | list[str] | None = None
+
+
+class InfillRequest(SamplingFields):
+    text: str
+
+
+def parse(model: type[BaseModel], data) -> BaseModel:
+    """JSON value -> request object, or an ApiError naming the first field that is wrong."""
+    if not isinstance(data, dict):
+        raise ApiError(400, f"the body must be a JSON object, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        field = str(err["loc"][0]) if err["loc"] else None
+        if err["type"] == "extra_forbidden":
+            hint = ("this server does not support it" if field in UNSUPPORTED else "it is not a field of this request")
+            known = ", ".join(sorted(model.model_fields))
+            raise ApiError(400, f"unknown field '{field}': {hint}; remove it (fields: {known})", field) from None
+        if err["type"] == "missing":
+            raise ApiError(400, f"'{where}' is required", field) from None
+        raise ApiError(400, f"'{where}': {err['msg']} (got {err.get('input')!r:.80})", field) from None
+
+
+def _check_range(name: str, value, low, high, *, low_open: bool = False) -> None:
+    if value is None:
+        return
+    if (value <= low if low_open else value < low) or value > high:
+        bracket = "(" if low_open else "["
+        raise ApiError(400, f"'{name}' must be in {bracket}{low}, {high}], got {value}", name)
+
+
+def settings_for(req: SamplingFields, ckpt, limits: Limits, *, command: str, generated: int) -> Settings:
+    process = ckpt.process
+    name = req.sampler or process.default_sampler
+    if name not in SAMPLERS or name not in process.samplers:
+        raise ApiError(400, f"the sampler {name!r} cannot sample this {process.name} model; use "
+                            f"{' or '.join(repr(s) for s in process.samplers)}", "sampler")
+    accepted = inspect.signature(SAMPLERS[name]).parameters
+    knobs = {"block_length": req.block_length, "threshold": req.threshold, "top_k": req.top_k, "top_p": req.top_p}
+    refused = [k for k, v in knobs.items() if v is not None and k not in accepted]
+    if refused:
+        takers = [s for s in process.samplers if all(k in inspect.signature(SAMPLERS[s]).parameters for k in refused)]
+        also = f", or use the sampler {' or '.join(map(repr, takers))}" if takers else ""
+        raise ApiError(400, f"the {name} sampler does not take {', '.join(refused)}; leave it out{also}", refused[0])
+    if req.dlm_steps and not req.stream:
+        raise ApiError(400, "'dlm_steps' sends events in a stream: set 'stream': true as well", "dlm_steps")
+    _check_range("n", req.n, 1, limits.max_n)
+    _check_range("temperature", req.temperature, 0, limits.max_temperature)
+    _check_range("top_p", req.top_p, 0, 1, low_open=True)
+    _check_range("top_k", req.top_k, 1, 1 << 31)
+    _check_range("threshold", req.threshold, 0, 1)
+    _check_range("cfg_scale", req.cfg_scale, 0, limits.max_cfg_scale)
+    _check_range("seed", req.seed, 0, MAX_SEED)
+    _check_range("steps", req.steps, 1, limits.max_steps)
+    _check_range("block_length", req.block_length, 1, limits.max_tokens)
+    steps = req.steps or max(generated, 1)  # as `dlm generate`: one step per token unless told
+    if req.block_length:
+        blocks = math.ceil(generated / req.block_length)
+        if steps < blocks:
+            raise ApiError(400, f"{steps} steps cannot cover {blocks} blocks of {req.block_length} tokens: ask for "
+                                f"at least {blocks} steps or a larger block_length", "steps")
+    temperature = DEFAULT_TEMPERATURE.get(name, 1.0) if req.temperature is None else float(req.temperature)
+    return Settings(command=command, sampler=name, steps=steps, temperature=temperature, generated=generated,
+                    block_length=req.block_length, threshold=req.threshold, top_k=req.top_k, top_p=req.top_p,
+                    cfg_scale=float(req.cfg_scale), seed=req.seed)
+
+
+def encode(tokenizer, text: str, param: str) -> list[int]:
+    try:
+        return tokenizer.encode(text)
+    except DlmError as e:  # a character a char-level model never saw
+        raise ApiError(400, str(e), param) from None
+
+
+def plan_completion(req: CompletionRequest, ckpt, limits: Limits) -> tuple[Settings, list[Row]]:
+    _check_range("n", req.n, 1, limits.max_n)
+    prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+    if not prompts:
+        raise ApiError(400, "'prompt' is an empty list: give a string or a list of 1 to "
+                            f"{limits.max_prompts} strings", "prompt")
+    if len(prompts) > limits.max_prompts:
+        raise ApiError(400, f"'prompt' has {len(prompts)} strings; give at most {limits.max_prompts}", "prompt")
+    max_tokens = min(limits.default_max_tokens, limits.max_tokens) if req.max_tokens is None else req.max_tokens
+    _check_range("max_tokens", max_tokens, 1, limits.max_tokens)
+    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stops) > limits.max_stop:
+        raise ApiError(400, f"'stop' has {len(stops)} strings; give at most {limits.max_stop}", "stop")
+    if any(not s or len(s) > limits.max_stop_chars for s in stops):
+        raise ApiError(400, f"each 'stop' string must have 1 to {limits.max_stop_chars} characters", "stop")
+    if len(prompts) * req.n > limits.max_rows:
+        raise ApiError(400, f"{len(prompts)} prompts x n={req.n} is {len(prompts) * req.n} samples; ask for at most "
+                            f"{limits.max_rows} in one request", "n")
+    settings = settings_for(req, ckpt, limits, command="generate", generated=max_tokens)
+    rows = []
+    for i, prompt in enumerate(prompts):
+        ids = encode(ckpt.tokenizer, prompt, "prompt")
+        try:
+            check_fits(ckpt, len(ids) + max_tokens, f"prompt {i} ({len(ids)} tokens) and max_tokens {max_tokens}")
+        except DlmError as e:
+            raise ApiError(400, str(e).replace("shorten the text or generate fewer tokens",
+                                               "shorten the prompt or lower max_tokens"), "max_tokens") from None
+        rows += [Row(segments=(tuple(ids), max_tokens), pieces=(max_tokens,), ends_at_eos=True, stops=tuple(stops))
+                 for _ in range(req.n)]
+    return settings, rows
+
+
+def plan_infill(req: InfillRequest, ckpt, limits: Limits) -> tuple[Settings, list[Row]]:
+    _check_range("n", req.n, 1, limits.max_n)
+    if not getattr(ckpt.process, "infills", False):
+        raise ApiError(400, f"this {ckpt.process.name} model writes left to right and cannot fill a span with text "
+                            f"after it; use /v1/completions", "text")
+    try:
+        pieces = parse_template(req.text)
+    except DlmError as e:
+        raise ApiError(400, str(e), "text") from None
+    if any(isinstance(p, range) for p in pieces):
+        raise ApiError(400, "spans of unknown length (<fill:A-B>) are not served; give each span one length, "
+                            "e.g. <fill:12> (or use `dlm infill`, which searches the lengths)", "text")
+    generated = sum(p for p in pieces if isinstance(p, int))
+    _check_range("text (tokens in <fill:N> spans)", generated, 1, limits.max_tokens)
+    if req.n > limits.max_rows:
+        raise ApiError(400, f"n={req.n}: ask for at most {limits.max_rows} samples in one request", "n")
+    settings = settings_for(req, ckpt, limits, command="infill", generated=generated)
+    segments = tuple(p if isinstance(p, int) else tuple(encode(ckpt.tokenizer, p, "text")) for p in pieces)
+    total = sum(s if isinstance(s, int) else len(s) for s in segments)
+    try:
+        check_fits(ckpt, total, "the text and its spans")
+    except DlmError as e:
+        raise ApiError(400, str(e), "text") from None
+    return settings, [Row(segments=segments, pieces=tuple(pieces), ends_at_eos=False) for _ in range(req.n)]
