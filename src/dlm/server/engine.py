@@ -36,10 +36,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from dlm.sampling.run import SamplerRequest, run_sampler
 from dlm.errors import DlmError
 from dlm.sampling import Canvas, StepInfo
 from dlm.sampling.editing import cut_at_stop
+from dlm.sampling.run import SamplerRequest, run_sampler
 from dlm.server.metrics import Metrics
 
 log = logging.getLogger("dlm.server")
@@ -52,6 +52,8 @@ GREEDY_BATCH_INVARIANT = frozenset({"confidence", "autoregressive"})
 def request_field(knob: str) -> str:
     """How a sampler knob is spelled in a request body (for messages)."""
     return {"cfg": "cfg_scale"}.get(knob, knob)
+
+
 # Samplers that may turn a written token back into [MASK]: a position that is not masked is not final.
 REMASKING = frozenset({"remdm"})
 # Samplers that write each position once, left to right, over the canvas's [MASK] placeholder.
