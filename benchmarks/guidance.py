@@ -21,7 +21,7 @@ import sys
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from judge import Judge, char_entropy, mean  # noqa: E402
+from judge import Judge, char_entropy, figure, mean, save_figure  # noqa: E402
 
 from dlm.data.corpora import load_corpus  # noqa: E402
 from dlm.sampling import SAMPLERS, Canvas  # noqa: E402
@@ -79,19 +79,12 @@ def main(argv=None) -> int:
         print(f"| {r['scale']:g} | {r['judge_bits_per_char']:.3f} | {r['judge_bits_per_char'] / base - 1:+.1%} | "
               f"{r['entropy_bits']:.2f} | {r['mean_chars']:.1f} |")
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5.6, 3.8))
+        fig, ax = figure(figsize=(5.6, 3.8))
         ax.plot([r["scale"] for r in rows], [r["judge_bits_per_char"] for r in rows], marker="o")
         ax.set_xlabel("guidance scale w (0 = unguided)")
         ax.set_ylabel("judge NLL of the response (bits/char)")
         ax.set_title("classifier-free guidance")
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        print(f"\nplot: {args.plot}")
+        save_figure(fig, args.plot)
     return 0
 
 

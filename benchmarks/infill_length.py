@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from judge import Judge, mean  # noqa: E402
+from judge import Judge, figure, mean, save_figure  # noqa: E402
 
 from dlm.data.corpora import load_corpus  # noqa: E402
 from dlm.sampling import infill_canvas, sample_confidence  # noqa: E402
@@ -105,12 +105,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=2))
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5.2, 4.4))
+        fig, ax = figure(figsize=(5.2, 4.4))
         ax.scatter([r["true"] for r in rows], [r["chosen"] for r in rows], label="searched length")
         ax.plot([args.min, args.max], [args.min, args.max], color="gray", linestyle=":", label="chosen = true")
         ax.axhline(fixed, color="tab:orange", linestyle="--", label=f"fixed guess ({fixed})")
@@ -118,9 +113,7 @@ def main(argv=None) -> int:
         ax.set_ylabel("length chosen by the search (characters)")
         ax.set_title(f"unknown-length infilling (correlation {corr:.2f})")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        print(f"plot: {args.plot}")
+        save_figure(fig, args.plot)
     return 0
 
 

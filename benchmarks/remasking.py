@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from judge import Judge, char_entropy, mean, prompts_from_validation  # noqa: E402
+from judge import Judge, char_entropy, figure, mean, prompts_from_validation, save_figure  # noqa: E402
 
 from dlm.sampling import Canvas, sample_ancestral, sample_remdm  # noqa: E402
 from dlm.training import load_checkpoint  # noqa: E402
@@ -82,12 +82,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+        fig, (ax, ax2) = figure(2, figsize=(11, 4.2))
         for name in samplers:
             pts = [r for r in rows if r["sampler"] == name]
             ax.plot([r["steps_per_token"] for r in pts], [r["judge_bits_per_char"] for r in pts], marker="o",
@@ -102,9 +97,7 @@ def main(argv=None) -> int:
         ax.set_title(f"quality against steps ({args.length} tokens, top-p {args.top_p})")
         ax2.set_ylabel("character entropy of the samples (bits)")
         ax2.set_title("diversity")
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        print(f"\nplot: {args.plot}")
+        save_figure(fig, args.plot)
     return 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from judge import Judge, char_entropy, mean, prompts_from_validation  # noqa: E402
+from judge import Judge, char_entropy, figure, mean, prompts_from_validation, save_figure  # noqa: E402
 
 from dlm.sampling import Canvas, sample_autoregressive, sample_confidence  # noqa: E402
 from dlm.training import load_checkpoint  # noqa: E402
@@ -115,12 +115,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+        fig, (ax, ax2) = figure(2, figsize=(11, 4.2))
         for prefix, marker, label in (("k=", "o", "fixed k tokens per step"), ("threshold", "s", "threshold")):
             pts = [r for r in rows if r["setting"].startswith(prefix) and "cache" not in r["setting"]]
             x = [r["tokens_per_forward"] for r in pts]
@@ -139,9 +134,7 @@ def main(argv=None) -> int:
         ax2.set_title("diversity: low = repetitive text, which the judge finds likely")
         ax.legend(fontsize=8)
         ax2.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        print(f"\nplot: {args.plot}")
+        save_figure(fig, args.plot)
     return 0
 
 

@@ -78,3 +78,16 @@ def write_corpus(path, repeats: int = 40) -> str:
     """A small .txt corpus (about 25 KB) for training tests."""
     path.write_text(TEXT * repeats)
     return str(path)
+
+
+def train_tiny_run(root, *, seq_len: int = 32):
+    """A run folder trained for 4 steps on the small corpus through `dlm train` (seconds): the
+    checkpoint the command-line and server tests sample from."""
+    from dlm.cli import main
+
+    data = write_corpus(root / "corpus.txt")
+    code = main(["train", "--data", data, "--out", str(root / "run"), "--steps", "4", "--seq-len", str(seq_len),
+                 "--batch-size", "8", "--eval-every", "4", "--eval-chunks", "4", "--final-eval-chunks", "4",
+                 "--warmup-steps", "2", "--no-compile", "--precision", "fp32", "--no-progress"])
+    assert code == 0
+    return root / "run"

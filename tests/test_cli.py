@@ -10,18 +10,12 @@ import pytest
 
 from dlm.cli import COMMANDS, main
 
-from conftest import write_corpus
+from conftest import train_tiny_run, write_corpus
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    data = write_corpus(root / "corpus.txt")
-    code = main(["train", "--data", data, "--out", str(root / "run"), "--steps", "4", "--seq-len", "32",
-                 "--batch-size", "8", "--eval-every", "4", "--eval-chunks", "4", "--final-eval-chunks", "4",
-                 "--warmup-steps", "2", "--no-compile", "--precision", "fp32", "--no-progress"])
-    assert code == 0
-    return root / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("cli"), seq_len=32)
 
 
 def run_json(capsys, argv):

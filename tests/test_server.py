@@ -27,7 +27,7 @@ from dlm.server.limits import Limits  # noqa: E402
 from dlm.server.schema import CompletionRequest, plan_completion  # noqa: E402
 from dlm.training import load_checkpoint  # noqa: E402
 
-from conftest import write_corpus  # noqa: E402
+from conftest import train_tiny_run  # noqa: E402
 
 SMALL = Limits(max_tokens=32, max_steps=64, max_n=4, max_prompts=4, max_rows=8, timeout_s=30)
 CHROMIUM = "/usr/bin/chromium"
@@ -35,13 +35,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    data = write_corpus(root / "corpus.txt")
-    code = main(["train", "--data", data, "--out", str(root / "run"), "--steps", "4", "--seq-len", "64",
-                 "--batch-size", "8", "--eval-every", "4", "--eval-chunks", "4", "--final-eval-chunks", "4",
-                 "--warmup-steps", "2", "--no-compile", "--precision", "fp32", "--no-progress"])
-    assert code == 0
-    return root / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("serve"), seq_len=64)
 
 
 @pytest.fixture(scope="module")
