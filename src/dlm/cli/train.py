@@ -7,7 +7,7 @@ import sys
 from dataclasses import MISSING, fields
 
 from dlm.errors import DlmError
-from dlm.training.config import TrainConfig
+from dlm.training.config import RESUME_MAY_CHANGE, TrainConfig
 
 HELP = {
     "out": "run folder for checkpoints and metrics.jsonl (required)",
@@ -26,6 +26,10 @@ HELP = {
     "precision": "auto (bf16 autocast where the CPU/GPU has bf16 units), bf16 or fp32",
     "compile": "torch.compile the transformer blocks (--no-compile to skip the ~15 s compile)",
     "seed": "seed for initialisation, data order and noise",
+    "fsdp": "under torchrun: shard weights, gradients and optimizer state over the processes (FSDP2) instead of "
+            "replicating them (DDP); for models that do not fit one device",
+    "grad_accum": "micro-batches per optimizer step in each process (under torchrun the global --batch-size is cut "
+                  "into processes x grad-accum micro-batches)",
 }
 
 
@@ -40,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             p.add_argument(flag, type=kind, default=None, help=help_text, metavar=f.name.upper())
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped "
+                   "(on any number of processes; --fsdp, --threads and --compile may change, nothing else)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="live progress bar (default: when stderr is a terminal)")
@@ -52,7 +57,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if overrides.get("steps") and overrides.get("minutes"):
         raise DlmError("give --steps or --minutes, not both")
     if args.resume:
-        extra = sorted(k for k in overrides if k != "out")
+        extra = sorted(k for k in overrides if k != "out" and k not in RESUME_MAY_CHANGE)
         if extra or args.config:
             raise DlmError(f"--resume continues the stored run exactly; drop {', '.join('--' + k.replace('_', '-') for k in extra) or '--config'}")
     if args.config:
@@ -61,12 +66,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dlm.training.distributed import from_environment
     from dlm.training.loop import train
 
     if args.out is None:
         raise DlmError("--out DIR is required: the run folder for checkpoints and metrics")
     config = config_from_args(args)
     result = train(config, resume=args.resume, progress=args.progress, device=args.device)
+    if not from_environment().is_main:
+        return 0  # under torchrun, process 0 reports for all
     v = result.validation
     payload = {"checkpoint": str(result.checkpoint), "step": result.step, "total_steps": result.total_steps,
                "num_parameters": result.num_parameters, "tokens_per_second": result.tokens_per_second,

@@ -14,6 +14,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PRECISIONS = ("auto", "bf16", "fp32")
+RESUME_MAY_CHANGE = ("fsdp", "threads", "compile")  # how a run executes, not what it computes: --resume may change them
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class TrainConfig:
     minutes: float = 0.0  # wall-clock budget for the whole run, data preparation and evaluation included
     # optimisation
     batch_size: int = 32  # sequences per optimizer step (4096 tokens: more, smaller steps train faster here)
-    grad_accum: int = 1  # micro-batches per step (batch_size must divide by it); changes memory, not maths
+    grad_accum: int = 1  # micro-batches per step and process (batch_size divides by it x processes); memory, not maths
     optimizer: str = "muon"  # Muon on the blocks' matrices + AdamW on the rest, or "adamw" everywhere
     lr: float = 4e-3  # with Muon; 1.5e-3, 2.5e-3, 4e-3, 6e-3 gave 2.79, 2.77, 2.74, 2.75 bits/char in 5 minutes (tiny)
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
@@ -50,6 +51,7 @@ class TrainConfig:
     precision: str = "auto"  # bf16 autocast where the hardware has it (measured ~2x on this AMX CPU)
     compile: bool = True  # torch.compile each block (fuses norms, RoPE, SwiGLU); falls back to eager on failure
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state (FSDP2) instead of DDP
     # bookkeeping
     eval_every: int = 500  # steps between validations (each also writes a checkpoint)
     eval_chunks: int = 64  # validation chunks for periodic validation (evenly spaced)

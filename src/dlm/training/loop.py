@@ -3,6 +3,9 @@
 corpus -> tokenizer -> packed stream -> random windows (B, L) -> process.loss(model, x0) ->
 AdamW step (warmup + cosine, clipping, accumulation, bf16 autocast) -> EMA -> periodic
 validation (NELBO bits/char on held-out works) and atomic checkpoints -> metrics.jsonl.
+
+Under torchrun the same loop runs in every process (see distributed.py): each draws the same
+global batch, trains on its share of it, and DDP or FSDP2 averages the gradients.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +30,9 @@ from dlm.models.transformer import Transformer, preset_config
 from dlm.processes import PROCESSES
 from dlm.processes.likelihood import LikelihoodEstimate, estimate_likelihood
 from dlm.training.checkpoint import load_training_state, read_config, resolve, save_checkpoint
-from dlm.training.config import TrainConfig
+from dlm.training.config import RESUME_MAY_CHANGE, TrainConfig
+from dlm.training.distributed import (Distributed, gather_full, init_distributed, no_sync, replicate, shard_model,
+                                     shard_optimizer_state)
 from dlm.training.ema import EMA
 from dlm.training.optim import build_optimizer, lr_at
 from dlm.training.performance import (autocast, compile_blocks, resolve_device, resolve_precision,
@@ -161,22 +167,36 @@ def build_process(config: TrainConfig, tokenizer: Tokenizer):
 
 
 class Run:
-    """Everything one training run carries from step to step, and what can be done with it."""
+    """Everything one training run carries from step to step, and what can be done with it.
 
-    def __init__(self, config: TrainConfig, *, resume: bool, device: str | None):
+    In a distributed run every process holds one; `place` says which process this is."""
+
+    def __init__(self, config: TrainConfig, *, resume: bool, device: str | None, place: Distributed | None = None):
         self.run_dir = Path(config.out)
+        self.place = place = place or Distributed()
         self.device = resolve_device(device)
         state, tokenizer = None, None
         if resume:
             folder = resolve(self.run_dir)
-            config = replace(TrainConfig.from_dict(read_config(folder)["train"]), out=str(self.run_dir))
+            stored = TrainConfig.from_dict(read_config(folder)["train"])
+            # How the run is executed may change on resume (sharding, threads, compiling); what it
+            # computes may not, so every other setting is the stored one.
+            executed = {k: getattr(config, k) for k in RESUME_MAY_CHANGE if getattr(config, k) != getattr(TrainConfig, k)}
+            config = replace(stored, out=str(self.run_dir), **executed)
             state = load_training_state(folder)
             tokenizer = Tokenizer.load(folder / "tokenizer.json")
         elif (self.run_dir / "latest").exists() or any(self.run_dir.glob("checkpoint-*")):
             raise DlmError(f"{self.run_dir} already holds a training run; continue it with --resume or choose "
                            f"another --out")
-        self.config = config
-        self.data = prepare_data(config, tokenizer)
+        self.config = config = self._micro_batching(config, state)
+        if tokenizer is None and place.enabled:
+            # Process 0 builds the tokenizer (BPE training need not be reproducible across
+            # processes); the others receive it, so that every process encodes alike.
+            data = prepare_data(config) if place.is_main else None
+            tokenizer = place.broadcast(data.tokenizer if data is not None else None)
+            self.data = data or prepare_data(config, tokenizer)
+        else:
+            self.data = prepare_data(config, tokenizer)
         tokenizer = self.data.tokenizer
         self.process = build_process(config, tokenizer)
         try:
@@ -184,58 +204,110 @@ class Run:
                                          **self.process.model_options())
         except KeyError as e:
             raise DlmError(str(e.args[0])) from None
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the same initial weights in every process
         self.model = Transformer(model_config).to(self.device)
+        if state is not None:
+            self.model.load_state_dict(state["model"])
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        if self.ema is not None and state is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.compiled = False
+        if config.fsdp and place.enabled:
+            # FSDP2: each block's parameters, gradients and optimizer state are split over the
+            # processes and gathered for its forward and backward; the EMA copy is split alike.
+            shard_model(self.model)
+            if self.ema is not None:
+                shard_model(self.ema.model)
+            self.trained = self.model
+            if config.compile:
+                warnings.warn("--fsdp trains eagerly: the blocks are not compiled")
+        else:
+            self.compiled = compile_blocks(self.model) if config.compile else False
+            self.trained = replicate(self.model, self.device) if place.enabled else self.model
         try:
             self.optimizer = build_optimizer(self.model, name=config.optimizer, lr=config.lr,
                                              weight_decay=config.weight_decay, betas=(config.beta1, config.beta2))
         except ValueError as e:
             raise DlmError(str(e)) from None
-        self.data_rng = torch.Generator().manual_seed(config.seed)
-        self.noise_rng = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.data_rng = torch.Generator().manual_seed(config.seed)  # the same in every process
         self.step, self.total_steps = 0, config.steps or (0 if config.minutes else DEFAULT_STEPS)
         if state is not None:
-            self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            if self.ema is not None:
-                self.ema.load_state_dict(state["ema"])
+            shard_optimizer_state(self.optimizer)
             self.data_rng.set_state(state["data_rng"])
-            self.noise_rng.set_state(state["noise_rng"])
             self.step, self.total_steps = state["step"], state["total_steps"]
         self.precision = resolve_precision(config.precision, self.device)
-        self.compiled = compile_blocks(self.model) if config.compile else False
         self.last_saved = self.step if state is not None else -1
+
+    def _micro_batching(self, config: TrainConfig, state: dict | None) -> TrainConfig:
+        """The global batch is cut into world_size x grad_accum micro-batches; a resumed run keeps
+        the number of micro-batches it was trained with when the new world size divides it, so
+        that it draws the same batches and the same noise as if it had not moved."""
+        world = self.place.world_size
+        stored = (state or {}).get("micro_batches")
+        if stored and stored % world == 0:
+            config = replace(config, grad_accum=stored // world)
+        elif stored and stored != world * config.grad_accum:
+            warnings.warn(f"this run was trained with {stored} micro-batches per step, which {world} processes "
+                          f"cannot share evenly; it goes on with {world * config.grad_accum}, so its noise draws "
+                          f"differ from an uninterrupted run's (its data and weights do not)")
+        micro = world * config.grad_accum
+        if config.batch_size % micro:
+            raise DlmError(f"--batch-size {config.batch_size} does not split into {world} processes x "
+                           f"--grad-accum {config.grad_accum} = {micro} equal micro-batches; choose a multiple of "
+                           f"{micro}")
+        return config
+
+    @property
+    def micro_batches(self) -> int:
+        return self.place.world_size * self.config.grad_accum
 
     @property
     def published_model(self) -> Transformer:
         """The weights that are evaluated and published: the EMA when there is one."""
         return self.ema.model if self.ema is not None else self.model
 
-    def train_step(self) -> tuple[float, float, float]:
-        """One optimizer step over batch_size sequences (in grad_accum micro-batches); -> (loss, grad norm, lr)."""
-        cfg = self.config
+    def noise_generator(self, micro_batch: int) -> torch.Generator:
+        """The generator of the forward process's noise for one micro-batch of this step. It
+        depends on (seed, step, micro-batch) only, so the noise a micro-batch gets does not depend
+        on which process trains it, and a resumed run draws what the uninterrupted one drew."""
+        seed = (self.config.seed + 1) * 1_000_003 + self.step * 65_537 + micro_batch
+        return torch.Generator(device=self.device).manual_seed(seed % 2**63)
+
+    def train_step(self, signals=lambda: ()) -> tuple[float, float, float, tuple[bool, ...]]:
+        """One optimizer step over the global batch of batch_size sequences, of which this process
+        trains micro-batches rank*A .. rank*A + A-1 (A = grad_accum). `signals()` gives flags (stop
+        requested, out of time), read after the backward passes; a flag holds if any process raises
+        it, for it travels in the step's one small all-reduce. -> (loss averaged over the whole
+        batch, grad norm, lr, the flags)."""
+        cfg, place = self.config, self.place
         lr = lr_at(self.step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=self.total_steps or 10**9,
                    min_lr_ratio=cfg.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        x0_all, mask_all = self.data.batch(cfg.batch_size, cfg.seq_len, self.data_rng)  # (B, L), all processes alike
+        if mask_all is not None and cfg.cond_drop:  # condition dropout: the prompt becomes [MASK]s, so the model learns p(x)
+            drop = torch.rand(cfg.batch_size, generator=self.data_rng) < cfg.cond_drop  # (B,)
+            x0_all = torch.where(drop[:, None] & ~mask_all, self.data.tokenizer.mask_id, x0_all)
+        size = cfg.batch_size // self.micro_batches
         loss = 0.0
-        for _ in range(cfg.grad_accum):
-            x0, loss_mask = self.data.batch(cfg.batch_size // cfg.grad_accum, cfg.seq_len, self.data_rng)  # (B, L)
-            x0 = x0.to(self.device)
-            if loss_mask is not None:
-                loss_mask = loss_mask.to(self.device)
-                if cfg.cond_drop:  # condition dropout: the prompt becomes [MASK]s, so the model learns p(x)
-                    drop = torch.rand(x0.shape[0], generator=self.data_rng) < cfg.cond_drop  # (B,)
-                    x0 = torch.where(drop.to(self.device)[:, None] & ~loss_mask, self.data.tokenizer.mask_id, x0)
-            with autocast(self.precision, self.device):
-                out = self.process.loss(self.model, x0, loss_mask=loss_mask, generator=self.noise_rng)
-            (out.loss / cfg.grad_accum).backward()
+        for i in range(cfg.grad_accum):
+            j = place.rank * cfg.grad_accum + i  # this micro-batch's index in the global batch
+            x0 = x0_all[j * size:(j + 1) * size].to(self.device)  # (B / micro_batches, L)
+            loss_mask = None if mask_all is None else mask_all[j * size:(j + 1) * size].to(self.device)
+            last = i == cfg.grad_accum - 1
+            with autocast(self.precision, self.device), no_sync(self.trained, skip=not last):
+                out = self.process.loss(self.trained, x0, loss_mask=loss_mask, generator=self.noise_generator(j))
+                (out.loss / cfg.grad_accum).backward()
             loss += out.loss.item() / cfg.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        loss_sum, *raised = place.sum([loss, *map(float, signals())], self.device)
+        loss, signals = loss_sum / place.world_size, tuple(r > 0 for r in raised)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            _append_metrics(self.run_dir, {"event": "diverged", "step": self.step + 1, "loss": loss,
-                                           "grad_norm": grad_norm})
+            if place.is_main:
+                _append_metrics(self.run_dir, {"event": "diverged", "step": self.step + 1, "loss": loss,
+                                               "grad_norm": grad_norm})
             where = (f"the last good checkpoint (step {self.last_saved}) is in {self.run_dir}" if self.last_saved >= 0
                      else "no checkpoint had been written yet")
             raise TrainingDiverged(
@@ -246,20 +318,41 @@ class Run:
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
-        return loss, grad_norm, lr
+        return loss, grad_norm, lr, signals
 
-    def validate(self, chunks: int) -> LikelihoodEstimate:
-        return validate(self.published_model, self.process, self.data, chunks=chunks,
-                        samples=self.config.eval_samples, seed=self.config.seed + 2, device=self.device)
+    @property
+    def validates_everywhere(self) -> bool:
+        """Sharded weights are gathered layer by layer, so every process takes part in validation;
+        replicated ones are validated by process 0 alone."""
+        return self.place.enabled and self.config.fsdp
 
-    def save(self, metrics: dict) -> Path:
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "ema": self.ema.state_dict() if self.ema is not None else None,
-                 "data_rng": self.data_rng.get_state(), "noise_rng": self.noise_rng.get_state(),
-                 "step": self.step, "total_steps": self.total_steps}
-        path = save_checkpoint(self.run_dir, step=self.step, model=self.published_model, process=self.process,
-                               tokenizer=self.data.tokenizer, train_config=self.config.to_dict(),
-                               training_state=state, metrics=metrics)
+    def validate(self, chunks: int) -> LikelihoodEstimate | None:
+        """The validation bound (on process 0; None on the others)."""
+        if not (self.place.is_main or self.validates_everywhere):
+            return None
+        est = validate(self.published_model, self.process, self.data, chunks=chunks,
+                       samples=self.config.eval_samples, seed=self.config.seed + 2, device=self.device)
+        return est if self.place.is_main else None
+
+    def save(self, metrics: dict) -> Path | None:
+        """Write a checkpoint (process 0; every process must call it, for sharded weights are
+        gathered first and the others wait until the checkpoint is on disk)."""
+        model_state = gather_full(self.model.state_dict())
+        ema_state = gather_full(self.ema.state_dict()) if self.ema is not None else None
+        state = {"model": model_state, "optimizer": gather_full(self.optimizer.state_dict()),
+                 "ema": ema_state, "data_rng": self.data_rng.get_state(), "step": self.step,
+                 "total_steps": self.total_steps, "micro_batches": self.micro_batches,
+                 "world_size": self.place.world_size}
+        path = None
+        if self.place.is_main:
+            published = self.published_model
+            if self.validates_everywhere:  # sharded: publish a whole copy
+                published = Transformer(self.model.config)
+                published.load_state_dict(ema_state["model"] if ema_state is not None else model_state)
+            path = save_checkpoint(self.run_dir, step=self.step, model=published, process=self.process,
+                                   tokenizer=self.data.tokenizer, train_config=self.config.to_dict(),
+                                   training_state=state, metrics=metrics)
+        self.place.barrier()
         self.last_saved = self.step
         return path
 
@@ -271,37 +364,51 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool | None = 
     Ctrl-C or SIGTERM (when called from the main thread) finishes the current step, writes a
     checkpoint and raises KeyboardInterrupt; a second Ctrl-C stops at once, keeping the last
     checkpoint. A non-finite loss raises TrainingDiverged and keeps the last good checkpoint.
+    Launched by torchrun, every process runs this function (see distributed.py).
     """
     started = time.perf_counter()
     tune_allocator()
     if config.threads:
         torch.set_num_threads(config.threads)
-    run = Run(config, resume=resume, device=device)
-    cfg = run.config
+    place, device = init_distributed(resolve_device(device))
+    try:
+        return _train(config, resume=resume, progress=progress, device=device, place=place, started=started)
+    finally:
+        place.close()
+
+
+def _train(config: TrainConfig, *, resume: bool, progress: bool | None, device: torch.device,
+           place: Distributed, started: float) -> TrainResult:
+    run = Run(config, resume=resume, device=device, place=place)
+    cfg, main = run.config, place.is_main
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    _append_metrics(run.run_dir, {"event": "resume" if resume else "start", "step": run.step,
-                                  "params": run.model.num_parameters(), "precision": run.precision,
-                                  "compiled": run.compiled, "device": str(run.device), "config": cfg.to_dict()})
-    bar = TrainingProgress(run.total_steps or 1, enabled=progress, start_step=run.step)
+    log = (lambda record: _append_metrics(run.run_dir, record)) if main else (lambda record: None)
+    log({"event": "resume" if resume else "start", "step": run.step, "params": run.model.num_parameters(),
+         "precision": run.precision, "compiled": run.compiled, "device": str(run.device),
+         "world_size": place.world_size, "config": cfg.to_dict()})
+    bar = TrainingProgress(run.total_steps or 1, enabled=progress if main else False, start_step=run.step)
+    where = f" on {place.world_size} processes ({'FSDP2' if run.validates_everywhere else 'DDP'})" if place.enabled else ""
     bar.message(f"training {run.model.num_parameters() / 1e6:.2f}M parameters ({cfg.preset}, {cfg.process}) on "
                 f"{cfg.data}: {run.data.train.numel():,} tokens, {run.precision}"
-                f"{', compiled' if run.compiled else ''}")
+                f"{', compiled' if run.compiled else ''}{where}")
 
-    # With --minutes the run is sized after timing a few steps (a resumed run keeps its size).
+    # With --minutes the run is sized after timing a few steps (a resumed run keeps its size);
+    # process 0's clock decides for all.
     budget = TimeBudget(cfg, run.data, started, first_step=run.step) if cfg.minutes and not run.total_steps else None
     tokens_per_step = cfg.batch_size * cfg.seq_len
     losses, validation, stopped = [], {}, "completed"
     loop_started = window_start = time.perf_counter()
     window_tokens = 0
-    run.model.train()
+    run.trained.train()
     with GracefulStop() as stop:
         try:
             while run.total_steps == 0 or run.step < run.total_steps:
                 if budget is not None and run.total_steps == 0:
-                    run.total_steps = budget.size(run.step)
+                    run.total_steps = place.broadcast(budget.size(run.step))
                     if run.total_steps:
                         bar.set_total(run.total_steps)
-                loss, grad_norm, lr = run.train_step()
+                loss, grad_norm, lr, (stop_requested, out_of_time) = run.train_step(
+                    lambda: (stop.requested, main and budget is not None and budget.out_of_time()))
                 losses.append(loss)
                 window_tokens += tokens_per_step
                 tokens_per_second = len(losses) * tokens_per_step / max(time.perf_counter() - loop_started, 1e-9)
@@ -309,32 +416,32 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool | None = 
                     now = time.perf_counter()
                     recent = window_tokens / max(now - window_start, 1e-9)
                     window_start, window_tokens = now, 0
-                    _append_metrics(run.run_dir, {"step": run.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                                  "tokens_per_second": recent, "elapsed": now - started})
+                    log({"step": run.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                         "tokens_per_second": recent, "elapsed": now - started})
                     bar.update(run.step, loss=loss, tokens_per_second=recent)
-                out_of_time = budget is not None and budget.out_of_time()
                 final = run.step == run.total_steps or out_of_time
                 if run.step % cfg.eval_every == 0 or final:
                     est = run.validate(cfg.final_eval_chunks if final else cfg.eval_chunks)
-                    validation = {"step": run.step, "val_bits_per_char": est.bits_per_char, "val_stderr": est.stderr,
-                                  "val_stderr_chunks": est.stderr_chunks, "val_bits_per_token": est.bits_per_token,
-                                  "val_chunks": est.num_chunks,
-                                  "val_samples": est.samples_per_chunk, "final": final,
-                                  "train_tokens_per_second": tokens_per_second}
-                    _append_metrics(run.run_dir, {**validation, "elapsed": time.perf_counter() - started})
-                    bar.message(f"step {run.step}: validation {est.bits_per_char:.4f} ± {est.stderr:.4f} "
-                                f"bits/char (NELBO, {est.num_chunks} chunks)")
+                    if est is not None:
+                        validation = {"step": run.step, "val_bits_per_char": est.bits_per_char,
+                                      "val_stderr": est.stderr, "val_stderr_chunks": est.stderr_chunks,
+                                      "val_bits_per_token": est.bits_per_token, "val_chunks": est.num_chunks,
+                                      "val_samples": est.samples_per_chunk, "final": final,
+                                      "train_tokens_per_second": tokens_per_second}
+                        log({**validation, "elapsed": time.perf_counter() - started})
+                        bar.message(f"step {run.step}: validation {est.bits_per_char:.4f} ± {est.stderr:.4f} "
+                                    f"bits/char (NELBO, {est.num_chunks} chunks)")
                     run.save(validation)
                     if budget is not None and run.total_steps and not final:
-                        run.total_steps = budget.replan(run.step)
+                        run.total_steps = place.broadcast(budget.replan(run.step) if main else None)
                         bar.set_total(run.total_steps)
                 if out_of_time:
                     stopped = "time"
                     break
-                if stop.requested:
+                if stop_requested:
                     if run.step > run.last_saved:
                         run.save(validation)
-                    _append_metrics(run.run_dir, {"event": "interrupted", "step": run.step})
+                    log({"event": "interrupted", "step": run.step})
                     bar.close()
                     bar.message(f"interrupted: checkpoint at step {run.step} in {run.run_dir}; continue with "
                                 f"--resume")

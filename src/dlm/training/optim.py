@@ -84,11 +84,22 @@ class Muon(torch.optim.Optimizer):
                 update = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
                 by_shape.setdefault(tuple(p.shape), []).append((p, update))
             for shape, items in by_shape.items():
-                orthogonal = newton_schulz(torch.stack([u for _, u in items]), group["ns_steps"])  # (n, A, B)
+                # Sharded weights (FSDP2) are orthogonalised whole: Newton-Schulz needs the full matrix.
+                whole = [u.full_tensor() if hasattr(u, "full_tensor") else u for _, u in items]
+                orthogonal = newton_schulz(torch.stack(whole), group["ns_steps"])  # (n, A, B)
                 scale = 0.2 * math.sqrt(max(shape))
                 for (p, _), o in zip(items, orthogonal):
                     p.mul_(1 - group["lr"] * group["weight_decay"])
-                    p.add_(o.to(p.dtype), alpha=-group["lr"] * scale)
+                    p.add_(_like(o.to(p.dtype), p), alpha=-group["lr"] * scale)
+
+
+def _like(update: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """`update` (whole) cut to the shard of `p` this process holds, when `p` is sharded."""
+    if not hasattr(p, "placements"):
+        return update
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(update, p.device_mesh, p.placements, src_data_rank=None)
 
 
 class Optimizers:

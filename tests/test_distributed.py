@@ -1,0 +1,117 @@
+"""Training under torchrun: two CPU processes (gloo) take the same step as one process on the
+same global batch, and a run killed mid-training resumes on another number of processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from dlm.training import TrainConfig, train
+from dlm.training.checkpoint import load_training_state, resolve
+
+from conftest import write_corpus
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="this PyTorch build has no gloo backend")
+
+# Started by torchrun in each process: train the TrainConfig given as JSON; with a kill step,
+# the process of rank 1 kills itself with SIGKILL while it computes that step's loss (and
+# torchrun then stops the other one).
+WORKER = """
+import json, os, signal, sys
+import torch
+from dlm.processes import MaskedDiffusion
+from dlm.training import TrainConfig, train
+
+config, kill_step, resume = TrainConfig(**json.loads(sys.argv[1])), int(sys.argv[2]), sys.argv[3] == "resume"
+calls = {"n": 0}
+original = MaskedDiffusion.loss
+
+def loss(self, *args, **kwargs):
+    calls["n"] += torch.is_grad_enabled()  # training steps only, not validation
+    if calls["n"] == kill_step and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, *args, **kwargs)
+
+MaskedDiffusion.loss = loss
+train(config, resume=resume, progress=False)
+"""
+
+
+@pytest.fixture
+def config(tmp_path):
+    data = write_corpus(tmp_path / "corpus.txt")
+    return TrainConfig(out=str(tmp_path / "run"), data=data, preset="tiny", seq_len=32, batch_size=8, steps=1,
+                       warmup_steps=2, eval_every=3, eval_chunks=4, final_eval_chunks=4, eval_samples=1,
+                       log_every=1, compile=False, precision="fp32")
+
+
+def torchrun(tmp_path, config: TrainConfig, *, kill_step: int = 0, resume: bool = False) -> subprocess.CompletedProcess:
+    """Launch WORKER on 2 processes with torchrun (one thread each)."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           json.dumps(config.to_dict()), str(kill_step), "resume" if resume else "new"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    state = load_training_state(resolve(run_dir))
+    return {**state["model"], **{"ema." + k: v for k, v in state["ema"]["model"].items()}}
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= atol, f"weights differ by up to {worst}"
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_processes_take_the_step_one_process_takes(config, tmp_path, fsdp):
+    """One step of 2 processes x 4 sequences = one step of 1 process over the same 8 sequences,
+    cut into the same 2 micro-batches (grad_accum=2), which get the same noise."""
+    # FSDP with AdamW: Muon's bf16 Newton-Schulz turns the reduce-scatter's last-bit differences
+    # in the gradient into visible ones; DDP's all-reduce sums exactly as accumulation does.
+    optimizer = "adamw" if fsdp else "muon"
+    two = replace(config, out=str(tmp_path / "two"), fsdp=fsdp, optimizer=optimizer)
+    proc = torchrun(tmp_path, two)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = train(replace(two, out=str(tmp_path / "one"), grad_accum=2, fsdp=False), progress=False)
+    assert one.step == 1
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert_same_weights(a, b, atol=1e-6 if fsdp else 0.0)
+    records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["world_size"] for r in records if r.get("event") == "start"] == [2]
+    assert len([r for r in records if "loss" in r]) == 1, "process 0 alone writes the metrics"
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp-then-one-process", "fsdp-then-fsdp"])
+def test_a_killed_two_process_run_resumes_exactly(config, tmp_path, fsdp):
+    """Killed during step 5 (step 3 was saved), then resumed: on one process after DDP (the 2
+    micro-batches now run in turn), on two again after FSDP (whole saved state, re-sharded)."""
+    full_config = replace(config, steps=6, fsdp=fsdp, optimizer="adamw" if fsdp else "muon")
+    full = train(replace(full_config, out=str(tmp_path / "full"), grad_accum=2, fsdp=False), progress=False)
+
+    proc = torchrun(tmp_path, full_config, kill_step=5)
+    assert proc.returncode != 0 and "Signal 9 (SIGKILL)" in proc.stderr, proc.stderr[-3000:]
+    assert resolve(config.out).name == "checkpoint-000003"
+    assert load_training_state(resolve(config.out))["micro_batches"] == 2
+
+    if fsdp:
+        proc = torchrun(tmp_path, full_config, resume=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert resolve(config.out).name == "checkpoint-000006"
+    else:
+        resumed = train(full_config, resume=True, progress=False)
+        assert resumed.step == 6
+        assert resumed.losses == pytest.approx(full.losses[3:], abs=1e-6)
+    assert_same_weights(weights(tmp_path / "full"), weights(config.out), atol=1e-5 if fsdp else 1e-6)
