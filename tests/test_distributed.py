@@ -115,3 +115,17 @@ def test_a_killed_two_process_run_resumes_exactly(config, tmp_path, fsdp):
         assert resumed.step == 6
         assert resumed.losses == pytest.approx(full.losses[3:], abs=1e-6)
     assert_same_weights(weights(tmp_path / "full"), weights(config.out), atol=1e-5 if fsdp else 1e-6)
+
+
+def test_the_readme_torchrun_lines_are_dlm_commands():
+    """Each `torchrun ... -m dlm ARGS` line of the README parses as a dlm command."""
+    from pathlib import Path
+
+    from dlm.cli import build_parser
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text().replace("\\\n", " ")
+    lines = [line for line in text.splitlines() if line.startswith("torchrun ")]
+    assert len(lines) >= 4
+    for line in lines:
+        args = build_parser().parse_args(line.split(" -m dlm ", 1)[1].split())
+        assert args.command == "train" and args.out
