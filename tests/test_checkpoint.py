@@ -53,7 +53,8 @@ def corrupt(run, name, content):
 
 @pytest.mark.parametrize("name,content,message", [
     ("config.json", b"{broken", "config.json is corrupt"),
-    ("config.json", json.dumps({"model_type": "llada"}).encode(), "not a dlm checkpoint .*'llada'"),
+    ("config.json", json.dumps({"model_type": "llada"}).encode(), "describes a LLaDA model but lacks 'd_model'"),
+    ("config.json", json.dumps({"model_type": "gpt2"}).encode(), "'gpt2' model, which dlm cannot load"),
     ("model.safetensors", b"\x00\x01garbage", "model.safetensors is corrupt"),
     ("model.safetensors", None, "has no model.safetensors"),
     ("tokenizer.json", None, "has no tokenizer.json"),

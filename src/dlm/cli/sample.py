@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from dlm.errors import DlmError
 from dlm.sampling import Canvas, infill_canvas, parse_template
 from dlm.sampling.editing import Edit, cut_at_stop, edit_pieces
@@ -79,7 +81,7 @@ def run_length_search(args: argparse.Namespace, ckpt: Checkpoint, pieces: list, 
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint, device=device)
+    ckpt = load_checkpoint(args.checkpoint, device=device, dtype=getattr(torch, args.dtype))
     tok = ckpt.tokenizer
     if args.command == "generate":
         if args.length <= 0:

@@ -15,11 +15,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from dlm.server.limits import Limits
 
     d = Limits()
-    p.add_argument("checkpoint", metavar="DIR", help="a run folder or checkpoint folder written by `dlm train`")
+    from dlm.cli import DTYPES
+
+    p.add_argument("checkpoint", metavar="DIR", help="a run folder or checkpoint folder written by `dlm train`, or a "
+                   "LLaDA or Dream folder (config.json, *.safetensors, tokenizer files)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-name", default=None, help="the id clients pass as `model` (default: the folder's name)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights' precision (default float32)")
     p.add_argument("--max-tokens", type=positive_int, default=d.max_tokens, help="most tokens per sample")
     p.add_argument("--max-rows", type=positive_int, default=d.max_rows,
                    help="most samples (prompts x n) per request, and per batched forward pass")
@@ -50,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
             probe.bind((args.host, args.port))
         except OSError as e:
             raise DlmError(f"cannot listen on {args.host}:{args.port}: {e.strerror}; pick another --port") from None
-    ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    import torch
+
+    ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device), dtype=getattr(torch, args.dtype))
     limits = Limits(max_tokens=args.max_tokens, max_rows=args.max_rows, max_queue=args.max_queue,
                     timeout_s=args.timeout, window_ms=args.window_ms)
     name = args.model_name or Path(args.checkpoint).resolve().name

@@ -39,12 +39,21 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True  # output head shares the token embedding matrix
     embed_dim: int = 0  # > 0: continuous input/output of this width (embedding diffusion); 0: token ids
+    # Options that checkpoints of other architectures need (models/foreign.py); the defaults are dlm's own.
+    n_kv_heads: int = 0  # grouped-query attention: key/value heads, each shared by n_heads / n_kv_heads; 0 = n_heads
+    qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2, hence Dream)
+    logit_shift: bool = False  # the logits for token i come from position i - 1 (Dream, adapted from an AR model)
+    output_size: int = 0  # tokens the head scores (the first rows); 0 = vocab_size. Rows past it pad the embedding
 
     def __post_init__(self):
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(
                 f"d_model={self.d_model} must split into n_heads={self.n_heads} heads of even width"
             )
+        if self.n_kv_heads < 0 or self.n_heads % (self.n_kv_heads or self.n_heads):
+            raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} (0 = n_heads)")
+        if not 0 <= self.output_size <= self.vocab_size:
+            raise ValueError(f"output_size={self.output_size} must be in [0, vocab_size={self.vocab_size}]")
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         if self.embed_dim < 0:
@@ -55,6 +64,15 @@ class ModelConfig:
     @property
     def ffn_width(self) -> int:
         return self.d_ff or 32 * math.ceil(8 * self.d_model / 3 / 32)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def num_outputs(self) -> int:
+        """Logits per position: the tokenizer's tokens (an embedding may have more rows than that)."""
+        return self.output_size or self.vocab_size
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,19 +139,26 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
 
 
 class KVCache:
-    """Rotated keys and values of committed tokens, per layer, each (B, H, Lc, hd), and which of
+    """Rotated keys and values of committed tokens, per layer, each (B, Hkv, Lc, hd), and which of
     those Lc positions are real tokens (B, Lc).
 
     A forward pass with ``cache=`` attends to the cached tokens before its own (through the mask
     its caller builds, usually from ``valid``); with ``commit=n`` it also appends the keys, values
     and attention_mask of its first n tokens. ``crop(n)`` keeps the last n tokens:
     RoPE attention depends only on relative positions, so a window of at most the trained
-    context lets a model generate past it."""
+    context lets a model generate past it.
+
+    A model with ``logit_shift`` predicts token i from position i - 1, so a cached call's first
+    token needs the final hidden state of the token before it: committing also stores the final
+    hidden states (``hidden``), and ``before`` is the one the next call continues from (the last
+    committed token; after ``select`` drops a span, the token just before that span)."""
 
     def __init__(self):
         self.keys: list[Tensor] = []  # one entry per layer, filled by the first committing pass
         self.values: list[Tensor] = []
         self.valid: Tensor | None = None  # (B, Lc) bool: False for cached padding
+        self.hidden: Tensor | None = None  # (B, Lc, D) final hidden states (logit_shift models only)
+        self.before: Tensor | None = None  # (B, D) the hidden state a cached call's first token is predicted from
 
     def __len__(self) -> int:
         return 0 if self.valid is None else self.valid.shape[1]
@@ -149,12 +174,27 @@ class KVCache:
             self.keys[i] = torch.cat([self.keys[i], k], dim=2)
             self.values[i] = torch.cat([self.values[i], v], dim=2)
 
+    def store_hidden(self, h: Tensor) -> None:
+        """Append the final hidden states (B, n, D) of committed tokens; the last one comes before the next call."""
+        self.hidden = h if self.hidden is None else torch.cat([self.hidden, h], dim=1)
+        self.before = h[:, -1]
+
     def select(self, columns: Tensor) -> "KVCache":
-        """A new cache holding only the given cached positions (a (Lc,) bool or index tensor)."""
+        """A new cache holding only the given cached positions (a (Lc,) bool or index tensor). The
+        next call is taken to fill the first dropped span, so it continues from the token before it."""
         out = KVCache()
         out.keys = [k[:, :, columns] for k in self.keys]
         out.values = [v[:, :, columns] for v in self.values]
         out.valid = self.valid[:, columns]
+        if self.hidden is not None:
+            kept = torch.zeros(len(self), dtype=torch.bool, device=self.hidden.device)
+            kept[columns] = True
+            dropped = (~kept).nonzero()
+            out.hidden = self.hidden[:, columns]
+            if not len(dropped):
+                out.before = self.before
+            elif int(dropped[0]) > 0:
+                out.before = self.hidden[:, int(dropped[0]) - 1]
         return out
 
     def crop(self, n: int) -> None:
@@ -164,27 +204,40 @@ class KVCache:
         self.keys = [k[:, :, -n:] for k in self.keys]
         self.values = [v[:, :, -n:] for v in self.values]
         self.valid = self.valid[:, -n:]
+        if self.hidden is not None:
+            self.hidden = self.hidden[:, -n:]
 
 
 class Attention(nn.Module):
+    """Multi-head attention; with n_kv_heads < n_heads, grouped-query attention (Ainslie et al., 2023):
+    query head h reads key/value head h // (n_heads / n_kv_heads)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads = cfg.n_heads
+        self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.kv_heads
         self.head_dim = cfg.d_model // cfg.n_heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.qkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * self.head_dim, bias=cfg.qkv_bias)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool,
                 past: tuple[Tensor | None, Tensor | None] = (None, None)) -> tuple[Tensor, Tensor, Tensor]:
-        """-> output (B, L, D) and this call's rotated keys and values (B, H, L, hd) for a cache.
-        `past` holds cached keys/values (B, H, Lc, hd) that the queries also attend to."""
+        """-> output (B, L, D) and this call's rotated keys and values (B, Hkv, L, hd) for a cache.
+        `past` holds cached keys/values (B, Hkv, Lc, hd) that the queries also attend to."""
         B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, hd)
+        kv = self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([D, kv, kv], dim=-1)  # (B, L, D), 2 x (B, L, Hkv * hd)
+        q = q.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
+        k = k.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
+        v = v.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k_all, v_all = k, v
         if past[0] is not None:
             k_all, v_all = torch.cat([past[0].to(k.dtype), k], dim=2), torch.cat([past[1].to(v.dtype), v], dim=2)
+        if self.n_kv_heads != self.n_heads:
+            group = self.n_heads // self.n_kv_heads
+            k_all = k_all.repeat_interleave(group, dim=1)  # (B, H, Lc + L, hd)
+            v_all = v_all.repeat_interleave(group, dim=1)  # (B, H, Lc + L, hd)
         y = attention(q, k_all, v_all, mask, causal)  # (B, H, L, hd)
         return self.out(y.transpose(1, 2).reshape(B, L, D)), k, v  # (B, L, D)
 
@@ -344,10 +397,20 @@ class Transformer(nn.Module):
             real = real[:, :commit]  # (B, commit)
             cache.valid = real if cache.valid is None else torch.cat([cache.valid, real], dim=1)
         h = self.norm(h)
+        if cfg.logit_shift:
+            # Token i is predicted from position i - 1 (the AR model Dream was adapted from); the first
+            # position keeps its own, unless a cache holds the token before it.
+            before = None if cache is None else cache.before  # (B, D) or None
+            first = h[:, :1] if before is None else before[:, None].to(h.dtype)  # (B, 1, D)
+            if commit:
+                cache.store_hidden(h[:, :commit])
+            h = torch.cat([first, h[:, :-1]], dim=1)  # (B, L, D)
         if temb is not None:
             shift, scale = self.final_modulation(temb)[:, None].chunk(2, dim=-1)  # (B, 1, D)
             h = h * (1 + scale) + shift
         if cfg.embed_dim:
             return self.output_proj(h)  # (B, L, E): the predicted clean embeddings
         weight = self.embed.weight if self.head is None else self.head.weight
+        if cfg.output_size:
+            weight = weight[:cfg.output_size]  # rows past the tokenizer's tokens are never predicted
         return F.linear(h, weight)  # (B, L, V)

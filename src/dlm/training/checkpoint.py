@@ -22,6 +22,7 @@ from torch import nn
 from dlm import __version__
 from dlm.data.tokenizer import Tokenizer
 from dlm.errors import DlmError
+from dlm.models import foreign, hf_format
 from dlm.models.transformer import ModelConfig, Transformer
 from dlm.processes import PROCESSES
 
@@ -81,15 +82,23 @@ def read_config(folder: Path) -> dict:
     return config
 
 
-def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> Checkpoint:
-    """Load the model (EMA weights when trained with EMA), process and tokenizer of a checkpoint."""
+def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu",
+                    dtype: torch.dtype | None = None) -> Checkpoint:
+    """Load the model (EMA weights when trained with EMA), process and tokenizer of a checkpoint;
+    a LLaDA or Dream folder in its published layout loads into the same Transformer (models/foreign.py).
+    `dtype` (e.g. torch.bfloat16) casts the weights; None keeps float32."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = resolve(path)
+    if foreign.is_foreign(foreign.read_json(folder / "config.json")):
+        loaded = foreign.load_foreign(folder, device=device, dtype=dtype)
+        return Checkpoint(path=folder, model=loaded.model, process=loaded.process, tokenizer=loaded.tokenizer,
+                          config=loaded.config)
     config = read_config(folder)
     if not (folder / "tokenizer.json").exists():
-        raise DlmError(f"{folder} has no tokenizer.json; the checkpoint is incomplete")
+        raise DlmError(f"{folder} has no tokenizer.json; the checkpoint is incomplete (a folder written by "
+                       f"transformers' model.save_pretrained also needs tokenizer.save_pretrained)")
     tokenizer = Tokenizer.load(folder / "tokenizer.json")
     try:
         model_config = ModelConfig(**config["model"])
@@ -115,7 +124,7 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
                        f"{str(e).splitlines()[0]} ...") from None
     process = process_cls.from_config(process_config, vocab_size=tokenizer.vocab_size,
                                       special_ids=tokenizer.specials)
-    model.to(device).eval()
+    model.to(device=device, dtype=dtype).eval()
     return Checkpoint(path=folder, model=model, process=process, tokenizer=tokenizer, config=config,
                       step=config.get("step", 0), metrics=config.get("metrics", {}))
 
@@ -136,11 +145,14 @@ def save_checkpoint(run_dir: str | Path, *, step: int, model: nn.Module, process
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "dlm_version": __version__, "step": step,
               "model": model.config.to_dict(), "process": process.config(),
               "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, **tokenizer.specials},
-              "train": train_config, "metrics": metrics or {}}
+              "train": train_config, "metrics": metrics or {},
+              **hf_format.config_fields(model.config)}  # so transformers' Auto classes read it too
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
               str(tmp / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save(tmp / "tokenizer.json")
+    hf_tokenizer = hf_format.tokenizer_config(tokenizer, model.config.max_len)  # for transformers' AutoTokenizer
+    (tmp / "tokenizer_config.json").write_text(json.dumps(hf_tokenizer, indent=2) + "\n")
     if training_state is not None:
         torch.save(training_state, tmp / "training_state.pt")
     _fsync([*tmp.iterdir(), tmp])
