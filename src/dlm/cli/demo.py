@@ -17,6 +17,7 @@ from dlm.errors import DlmError
 from dlm.sampling import Canvas, infill_canvas, parse_template, sample_ancestral
 from dlm.training.checkpoint import load_checkpoint
 from dlm.training.config import TrainConfig
+from dlm.training.performance import resolve_device
 
 DEMO_MINUTES = 3.5  # training budget: with data preparation and evaluation the cold demo takes ~4 minutes
 PROMPT = "KING RICHARD.\n"
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     console.rule("[bold]dlm demo: a masked diffusion language model on Shakespeare")
     run_dir, train_tps, cached = ensure_model(args, console)
-    ckpt = load_checkpoint(run_dir)
+    ckpt = load_checkpoint(run_dir, device=resolve_device())  # sample where it trained: a GPU when there is one
+    device = next(ckpt.model.parameters()).device
     tok, m = ckpt.tokenizer, ckpt.metrics
     console.print(f"validation: [bold]{m['val_bits_per_char']:.3f} ± {m['val_stderr']:.3f} bits/char[/] "
                   f"(NELBO bound, {m['val_chunks']} held-out chunks of Henry VI Part 1 and Richard II)")
@@ -86,17 +88,19 @@ def run(args: argparse.Namespace) -> int:
         if live:
             with LiveView(tok, canvas, delay=delay, title=title) as view:
                 sample_ancestral(ckpt.model, ckpt.process, canvas, steps=steps,
-                                 generator=torch.Generator().manual_seed(0), callback=view)
-        return sample_ancestral(ckpt.model, ckpt.process, canvas, steps=steps, generator=torch.Generator().manual_seed(0))
+                                 generator=torch.Generator(device=device).manual_seed(0), callback=view)
+        return sample_ancestral(ckpt.model, ckpt.process, canvas, steps=steps,
+                                generator=torch.Generator(device=device).manual_seed(0))
 
-    canvas = Canvas.for_generation([tok.encode(PROMPT)], GENERATE_LENGTH, fill_id=tok.mask_id, pad_id=tok.pad_id)
+    canvas = Canvas.for_generation([tok.encode(PROMPT)], GENERATE_LENGTH, fill_id=tok.mask_id, pad_id=tok.pad_id,
+                                   device=device)
     console.rule(f"generation: {GENERATE_LENGTH} characters in {GENERATE_STEPS} steps (ancestral sampler)")
     gen = denoise(canvas, GENERATE_STEPS, "generate", 0.04)
     generated_text = PROMPT + tok.decode(canvas.generated(gen.tokens, 0))
     if not live:
         console.print(generated_text, markup=False, highlight=False)
 
-    infill = infill_canvas(parse_template(INFILL), tok)
+    infill = infill_canvas(parse_template(INFILL), tok, device=device)
     spans = sum(p for p in infill.pieces if isinstance(p, int))
     console.rule(f"infilling: {spans} characters in two spans, the rest kept byte for byte")
     fill = denoise(infill.canvas, spans, "infill", 0.06)

@@ -34,6 +34,7 @@ from dlm.evaluation.metrics import char_accuracy, distinct_n, mean, self_bleu, u
 from dlm.sampling import SAMPLERS, Canvas, infill_canvas
 from dlm.training.checkpoint import Checkpoint, load_checkpoint
 from dlm.training.config import TrainConfig
+from dlm.training.performance import resolve_device
 
 PROCESSES = ("masked", "uniform", "block", "gaussian", "ar")
 DIFFUSION = PROCESSES[:-1]
@@ -81,9 +82,10 @@ def ensure_trained(config: TrainConfig, *, progress: bool = False) -> Checkpoint
     from dlm.training.loop import train
 
     run_dir = Path(config.out)
+    device = resolve_device()  # measured where it trains: a GPU when there is one
     if (run_dir / "latest").exists():
         try:
-            ckpt = load_checkpoint(run_dir)
+            ckpt = load_checkpoint(run_dir, device=device)
             same = ckpt.config.get("train") == config.to_dict()
         except DlmError:
             same, ckpt = False, None
@@ -91,10 +93,10 @@ def ensure_trained(config: TrainConfig, *, progress: bool = False) -> Checkpoint
             return ckpt
         if same:
             train(config, resume=True, progress=progress)
-            return load_checkpoint(run_dir)
+            return load_checkpoint(run_dir, device=device)
         shutil.rmtree(run_dir)
     train(config, progress=progress)
-    return load_checkpoint(run_dir)
+    return load_checkpoint(run_dir, device=device)
 
 
 def validation_prompts(ckpt: Checkpoint, n: int, chars: int) -> list[str]:
@@ -250,7 +252,7 @@ def measure_infill(code: dict[str, Checkpoint], suite: Suite) -> list[dict]:
         for before, line, after in cases:
             if name == "masked":
                 n = len(tok.encode(line))
-                infill = infill_canvas([before, n, after], tok)
+                infill = infill_canvas([before, n, after], tok, device=next(diffusion.model.parameters()).device)
                 out = SAMPLERS["confidence"](diffusion.model, diffusion.process, infill.canvas, steps=n,
                                              temperature=0.0)
                 guess = infill.assemble(out.tokens, tok)[len(before):-len(after) or None]

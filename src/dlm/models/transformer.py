@@ -379,7 +379,8 @@ class Transformer(nn.Module):
         if cfg.time_conditioning:
             if t is None:
                 raise ValueError("this model is time-conditioned: pass t (B,) in [0, 1]")
-            temb = F.silu(self.time_mlp(timestep_embedding(t, cfg.d_model)))  # (B, D)
+            temb = timestep_embedding(t, cfg.d_model).to(self.time_mlp[0].weight.dtype)  # (B, D), in the weights' dtype
+            temb = F.silu(self.time_mlp(temb))  # (B, D)
 
         if cfg.embed_dim:
             if not x_t.is_floating_point():

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dlm.processes.base import Denoiser, LossOutput
+from dlm.processes.base import Denoiser, LossOutput, index_tensor
 
 
 class Autoregressive:
@@ -67,8 +67,7 @@ class Autoregressive:
         """float32 logits of the next token, with the special tokens that never occur banned."""
         if not self.banned_ids:
             return logits.float()
-        banned = torch.tensor(self.banned_ids, device=logits.device)
-        return logits.float().index_fill(-1, banned, float("-inf"))
+        return logits.float().index_fill(-1, index_tensor(self.banned_ids, logits.device), float("-inf"))
 
     def shifted_input(self, x0: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """[bos, x_1 .. x_{L-1}] (B, L) and its attention mask (bos is always real)."""

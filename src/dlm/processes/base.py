@@ -3,6 +3,7 @@ record, low-discrepancy time sampling and float64 Gumbel-max categorical samplin
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,6 +70,17 @@ class ForwardProcess(Protocol):
 
     def step(self, x_t: Tensor, logits: Tensor, t: Tensor, s: Tensor, *,
              generator: torch.Generator | None = None) -> Tensor: ...
+
+
+@functools.lru_cache(maxsize=64)
+def _index_on(ids: tuple[int, ...], device: torch.device) -> Tensor:
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+def index_tensor(ids, device: torch.device | str) -> Tensor:
+    """Token ids as a long tensor on `device`, made once per (ids, device) and shared (read it,
+    never write it): building it at every step is a host-to-device copy that waits for the GPU."""
+    return _index_on(tuple(int(i) for i in ids), torch.device(device))
 
 
 def low_discrepancy_times(batch_size: int, *, eps: float = 1e-3, generator: torch.Generator | None = None,

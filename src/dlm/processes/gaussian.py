@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dlm.processes.base import LossOutput, low_discrepancy_times
+from dlm.processes.base import LossOutput, index_tensor, low_discrepancy_times
 
 ALPHA_BAR_MIN = 1e-4  # ab(1) for both schedules: lambda(1) = log(1e-4 / (1 - 1e-4)) ~ -9.2
 
@@ -249,8 +249,7 @@ class GaussianDiffusion:
         """Rounding logits (B, L, V) as float32 logits over tokens, the banned ids at -inf."""
         if not self.banned_ids:
             return logits.float()
-        banned = torch.tensor(self.banned_ids, device=logits.device)
-        return logits.float().index_fill(-1, banned, float("-inf"))
+        return logits.float().index_fill(-1, index_tensor(self.banned_ids, logits.device), float("-inf"))
 
     # -- the variational bound --------------------------------------------------------
     def _embed(self, denoiser: EmbeddingDenoiser, ids: Tensor) -> Tensor:
@@ -269,7 +268,7 @@ class GaussianDiffusion:
         KL(q(z_1 | w) || N(0, I)) = 1/2 (ab_1 |E(w)|^2 - E ab_1 - E log(1 - ab_1))  (VDM sec. 3)."""
         B, L = x0.shape
         zero = torch.zeros(B, device=x0.device)
-        alpha_0 = float(self.alpha_bar(zero[:1]).sqrt())
+        alpha_0 = float(self.alpha_bar(torch.zeros(1)).sqrt())  # on the host: no wait for the GPU
         z0 = self.corrupt(emb, zero, generator=generator)  # (B, L, E)
         logits = self.x0_logits(denoiser.rounding_logits(z0 / alpha_0))  # (B, L, V)
         recon = F.cross_entropy(logits.flatten(0, 1), x0.flatten(), reduction="none").view(B, L)  # (B, L)

@@ -60,8 +60,9 @@ class LikelihoodEstimate:
 def stratified_uniforms(num_chunks: int, samples: int, *, generator: torch.Generator | None) -> Tensor:
     """u[i, k] = (u_i + k/K) mod 1, one u_i ~ U[0, 1) per chunk: each chunk's K samples cover
     [0, 1) evenly (Kingma et al., 2021, app. I.1); -> (N, K)."""
-    u = torch.rand(num_chunks, 1, generator=generator, dtype=torch.float64)
-    return (u + torch.arange(samples, dtype=torch.float64)[None] / samples) % 1.0
+    device = generator.device if generator is not None else None  # a CUDA generator draws on the GPU
+    u = torch.rand(num_chunks, 1, generator=generator, dtype=torch.float64, device=device)
+    return (u + torch.arange(samples, dtype=torch.float64, device=u.device)[None] / samples) % 1.0
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dlm.processes.base import Denoiser, LossOutput, low_discrepancy_times, sample_categorical
+from dlm.processes.base import Denoiser, LossOutput, index_tensor, low_discrepancy_times, sample_categorical
 from dlm.schedules import SCHEDULES, LinearSchedule, Schedule, make_schedule, schedule_to_dict
 
 OBJECTIVES = ("nelbo", "normalized")
@@ -94,8 +94,7 @@ class MaskedDiffusion:
     # -- denoiser output --------------------------------------------------------------
     def x0_logits(self, logits: Tensor) -> Tensor:
         """Logits of p_theta(x_0 | x_t) in float32 with zero probability on [MASK] (SUBS), padding and bos."""
-        banned = torch.tensor(self.banned_ids, device=logits.device)
-        return logits.float().index_fill(-1, banned, float("-inf"))
+        return logits.float().index_fill(-1, index_tensor(self.banned_ids, logits.device), float("-inf"))
 
     # -- objective --------------------------------------------------------------------
     def nelbo_weight(self, t: Tensor) -> Tensor:

@@ -61,11 +61,20 @@ class UniformDiffusion:
         # noise_index[v] = position of id v in noise_ids, or -1 for ids outside the noise set.
         self.noise_index = torch.full((vocab_size,), -1, dtype=torch.long)  # (V,)
         self.noise_index[ids] = torch.arange(ids.numel())
+        self._tables: dict[torch.device, tuple[Tensor, Tensor]] = {}  # their copies per device (see tables)
         self.schedule = schedule or LinearSchedule()
         self.time_eps = time_eps
 
     def __repr__(self) -> str:
         return f"UniformDiffusion(schedule={self.schedule}, states={self.num_states})"
+
+    def tables(self, device: torch.device | str) -> tuple[Tensor, Tensor]:
+        """(noise_ids, noise_index) on `device`, copied there once: a host-to-device copy at every
+        step would make each step wait for the GPU."""
+        device = torch.device(device)
+        if device not in self._tables:
+            self._tables[device] = (self.noise_ids.to(device), self.noise_index.to(device))
+        return self._tables[device]
 
     def model_options(self) -> dict:
         """A uniform denoiser sees the whole canvas and must be told t: noise looks like text."""
@@ -89,7 +98,7 @@ class UniformDiffusion:
               device: torch.device | str = "cpu") -> Tensor:
         """x_1: every position uniform over the noise states."""
         k = torch.randint(self.num_states, shape, generator=generator, device=device)
-        return self.noise_ids.to(device)[k]
+        return self.tables(device)[0][k]
 
     def corrupt(self, x0: Tensor, t: Tensor, *, loss_mask: Tensor | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
@@ -109,12 +118,12 @@ class UniformDiffusion:
         """Logits of p_theta(x_0 | x_t) in float32 with zero probability outside the noise states."""
         if logits.shape[-1] != self.vocab_size:
             raise ValueError(f"logits cover {logits.shape[-1]} ids, the vocabulary has {self.vocab_size}")
-        outside = self.noise_index.to(logits.device) < 0  # (V,)
+        outside = self.tables(logits.device)[1] < 0  # (V,)
         return logits.float().masked_fill(outside, float("-inf"))
 
     def noise_log_probs(self, logits: Tensor) -> Tensor:
         """log p_theta(x_0 = j | x_t) over the noise states, in float64; (..., V) -> (..., N)."""
-        return self.x0_logits(logits).index_select(-1, self.noise_ids.to(logits.device)).double().log_softmax(-1)
+        return self.x0_logits(logits).index_select(-1, self.tables(logits.device)[0]).double().log_softmax(-1)
 
     # -- objective --------------------------------------------------------------------
     def rate(self, t: Tensor) -> Tensor:
@@ -178,7 +187,7 @@ class UniformDiffusion:
         continuous-time ELBO: the forward rate of each jump i -> y is beta(t)/N)."""
         B = x0.shape[0]
         t = t.to(x0.device).double()  # (B,)
-        noise_index = self.noise_index.to(x0.device)
+        noise_index = self.tables(x0.device)[1]
         if not bool((noise_index[x0][loss_mask] >= 0).all()):
             raise ValueError("x0 has a token outside the noise states ([MASK] or padding) at a scored position")
         x_t = self.corrupt(x0, t, loss_mask=loss_mask, generator=generator)  # (B, L)
@@ -253,7 +262,7 @@ class UniformDiffusion:
         x_eps = self.corrupt(x0, eps, loss_mask=loss_mask, generator=generator)  # (B, L)
         logits = denoiser(x_eps, eps.float(), attention_mask=attention_mask)  # (B, L, V)
         log_p = self.noise_log_probs(logits[loss_mask])  # (n, N)
-        clean = self.noise_index.to(x0.device)[x0[loss_mask]]  # (n,)
+        clean = self.tables(x0.device)[1][x0[loss_mask]]  # (n,)
         reconstruction = -log_p.gather(-1, clean[:, None])[:, 0]  # (n,)
         row = loss_mask.nonzero()[:, 0]
         return out.nelbo + torch.zeros_like(out.nelbo).index_add_(0, row, reconstruction)
@@ -271,7 +280,7 @@ class UniformDiffusion:
         logits (B, L, V) x0 logits (filtered/tempered by the sampler); t, s (B,)."""
         N = self.num_states
         p = self.noise_log_probs(logits).exp()  # (B, L, N)
-        i = self.noise_index.to(x_t.device)[x_t].clamp(min=0)  # (B, L)
+        i = self.tables(x_t.device)[1][x_t].clamp(min=0)  # (B, L)
         current = torch.zeros_like(p).scatter_(-1, i[..., None], 1.0)  # (B, L, N) one-hot of i
         a_t = self.schedule.alpha(t.double())[:, None, None]  # (B, 1, 1)
         a_s = self.schedule.alpha(s.double())[:, None, None]
@@ -289,5 +298,5 @@ class UniformDiffusion:
         x_t (B, L); logits (B, L, V) (already tempered/filtered by the sampler); t, s (B,)."""
         probs = self.reverse_probs(x_t, logits, t, s)  # (B, L, N)
         k = sample_categorical(probs.log(), generator=generator)  # (B, L) index into the noise states
-        x_s = self.noise_ids.to(x_t.device)[k]
-        return torch.where(self.noise_index.to(x_t.device)[x_t] >= 0, x_s, x_t)
+        noise_ids, noise_index = self.tables(x_t.device)
+        return torch.where(noise_index[x_t] >= 0, noise_ids[k], x_t)

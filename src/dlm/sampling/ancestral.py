@@ -10,7 +10,7 @@ import torch
 from dlm.processes.base import Denoiser, ForwardProcess
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.categorical import check_knobs, filter_logits
-from dlm.sampling.result import Callback, SampleOutput, StepInfo
+from dlm.sampling.result import Callback, SampleOutput, StepInfo, elapsed
 
 
 def depends_on_time(denoiser: Denoiser) -> bool:
@@ -37,12 +37,13 @@ def sample_ancestral(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas
     device = canvas.tokens.device
     noise = process.prior((B, L), generator=generator, device=device)  # (B, L)
     x = torch.where(canvas.editable, noise, canvas.tokens)  # (B, L)
-    grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)  # on the host: the callback's t needs no sync
+    times = grid.to(device)  # one copy to the canvas's device, not two per step
     reuse = not depends_on_time(denoiser)
     logits, nfe, history = None, 0, []
     for i in range(steps):
-        t = grid[i].expand(B).to(device)  # (B,)
-        s = grid[i + 1].expand(B).to(device)
+        t = times[i].expand(B)  # (B,)
+        s = times[i + 1].expand(B)
         if logits is None or not reuse:
             logits = denoiser(x, t.float(), attention_mask=canvas.attention_mask)  # (B, L, V)
             nfe += 1
@@ -58,5 +59,5 @@ def sample_ancestral(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas
         if callback is not None:
             callback(StepInfo(step=i + 1, steps=steps, tokens=x, changed=changed, confidence=None,
                               t=float(grid[i + 1]), nfe=nfe))
-    return SampleOutput(tokens=x, nfe=nfe, steps=steps, seconds=time.perf_counter() - start,
+    return SampleOutput(tokens=x, nfe=nfe, steps=steps, seconds=elapsed(start, x),
                         generated=int(canvas.editable.sum(1).max()) if B else 0, history=history)

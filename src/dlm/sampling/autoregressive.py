@@ -18,7 +18,7 @@ from dlm.processes.base import Denoiser, ForwardProcess, sample_categorical
 from dlm.sampling.block import generation_start
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.categorical import check_knobs, filter_logits
-from dlm.sampling.result import Callback, SampleOutput, StepInfo
+from dlm.sampling.result import Callback, SampleOutput, StepInfo, elapsed
 
 
 def causal_mask(query_real: Tensor, key_real: Tensor, offset: int) -> Tensor:
@@ -85,5 +85,5 @@ def sample_autoregressive(denoiser: Denoiser, process: ForwardProcess, canvas: C
         if callback is not None:
             callback(StepInfo(step=step, steps=L - g, tokens=x[:, 1:], changed=changed, confidence=None,
                               t=1.0 - step / (L - g), nfe=nfe))
-    return SampleOutput(tokens=x[:, 1:].clone(), nfe=nfe, steps=L - g, seconds=time.perf_counter() - start_time,
+    return SampleOutput(tokens=x[:, 1:].clone(), nfe=nfe, steps=L - g, seconds=elapsed(start_time, x),
                         generated=int(canvas.editable.sum(1).max()) if B else 0, history=history)

@@ -28,7 +28,7 @@ from dlm.sampling.ancestral import depends_on_time
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.categorical import check_knobs, filter_logits
 from dlm.sampling.confidence import block_steps
-from dlm.sampling.result import Callback, SampleOutput, StepInfo
+from dlm.sampling.result import Callback, SampleOutput, StepInfo, elapsed
 
 
 def generation_start(canvas: Canvas, what: str) -> int:
@@ -110,10 +110,11 @@ def sample_blocks(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas, *
         lo, hi = g + k * b, min(g + (k + 1) * b, L)
         x[:, lo:hi] = torch.where(canvas.editable[:, lo:hi],
                                   process.prior((B, hi - lo), generator=generator, device=device), x[:, lo:hi])
-        grid = torch.linspace(1.0, 0.0, per_block[k] + 1, dtype=torch.float64)
+        grid = torch.linspace(1.0, 0.0, per_block[k] + 1, dtype=torch.float64)  # host copy for the callback's t
+        times = grid.to(device)  # one copy per block, not two per step
         logits = None
         for i in range(per_block[k]):
-            t, s = grid[i].expand(B).to(device), grid[i + 1].expand(B).to(device)
+            t, s = times[i].expand(B), times[i + 1].expand(B)
             if logits is None or not reuse:
                 logits = forward(lo, hi, t.float())
                 nfe += 1
@@ -133,5 +134,5 @@ def sample_blocks(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas, *
                                   t=float(grid[i + 1]), nfe=nfe))
         if use_cache:
             pending = slice(pending.start, hi)  # the finished block joins the clean context
-    return SampleOutput(tokens=x, nfe=nfe, steps=step, seconds=time.perf_counter() - start_time,
+    return SampleOutput(tokens=x, nfe=nfe, steps=step, seconds=elapsed(start_time, x),
                         generated=int(canvas.editable.sum(1).max()) if B else 0, history=history)

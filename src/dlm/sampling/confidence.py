@@ -22,7 +22,7 @@ from dlm.processes.base import Denoiser
 from dlm.processes.masked import MaskedDiffusion
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.categorical import check_knobs, draw
-from dlm.sampling.result import Callback, SampleOutput, StepInfo
+from dlm.sampling.result import Callback, SampleOutput, StepInfo, elapsed
 
 
 def transfer_counts(num_masked: Tensor, steps: int) -> Tensor:
@@ -195,9 +195,8 @@ def sample_confidence(denoiser: Denoiser, process: MaskedDiffusion, canvas: Canv
                 elif factor is not None:
                     k_rows = torch.maximum(k_rows, factor_counts(confidence, open_in_block, factor))
                 k_rows = torch.minimum(k_rows, open_in_block.sum(1))
-                for row in range(B):  # per row, as LLaDA does, so that ties break the same way
-                    k = int(k_rows[row])
-                    if k:
+                for row, k in enumerate(k_rows.tolist()):  # per row, as LLaDA does, so that ties break the same
+                    if k:  # way; the counts come to the host once per step, not once per row
                         changed[row, candidates[row].topk(k).indices] = True
                 x = torch.where(changed, x0, x)
             if record_history:
@@ -209,5 +208,5 @@ def sample_confidence(denoiser: Denoiser, process: MaskedDiffusion, canvas: Canv
         if eos_id is not None and b < num_blocks - 1 and bool(((x == eos_id) & editable).any(1).all()):
             x = torch.where(editable & (x == mask_id), eos_id, x)  # every row has ended: stop early
             break
-    return SampleOutput(tokens=x, nfe=nfe, steps=step_index, seconds=time.perf_counter() - start,
+    return SampleOutput(tokens=x, nfe=nfe, steps=step_index, seconds=elapsed(start, x),
                         generated=n_edit, history=history)

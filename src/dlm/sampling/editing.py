@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from dlm.data.tokenizer import Tokenizer
 from dlm.errors import DlmError
+from dlm.processes.base import index_tensor
 from dlm.sampling.infill import Piece
 
 
@@ -84,7 +84,7 @@ class BannedTokens:
     def ban(self, logits: Tensor) -> Tensor:
         if not self.banned_ids:
             return logits
-        return logits.index_fill(-1, torch.tensor(self.banned_ids, device=logits.device), float("-inf"))
+        return logits.index_fill(-1, index_tensor(self.banned_ids, logits.device), float("-inf"))
 
     def __call__(self, x_t: Tensor, t: Tensor, **kwargs) -> Tensor:
         out = self.denoiser(x_t, t, **kwargs)

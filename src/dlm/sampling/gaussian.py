@@ -27,7 +27,7 @@ from dlm.processes.base import sample_categorical
 from dlm.processes.gaussian import EmbeddingDenoiser
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.categorical import check_knobs, filter_logits
-from dlm.sampling.result import Callback, SampleOutput, StepInfo
+from dlm.sampling.result import Callback, SampleOutput, StepInfo, elapsed
 
 Update = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]  # (x_t, x0, ab_t, ab_s, z) -> x_s
 
@@ -84,7 +84,9 @@ def _reverse_diffusion(denoiser: EmbeddingDenoiser, process, canvas: Canvas, *, 
     B, L = canvas.shape
     device = canvas.tokens.device
     fixed = ~canvas.editable[..., None]  # (B, L, 1)
-    clean = denoiser.embed_tokens(canvas.tokens).float()  # (B, L, E): E(w), used at the fixed positions
+    embedded = denoiser.embed_tokens(canvas.tokens)  # (B, L, E) in the denoiser's own precision
+    dtype = embedded.dtype  # its vector inputs must match its weights (bf16 in, bf16 out); the loop is float32
+    clean = embedded.float()  # (B, L, E): E(w), used at the fixed positions
     grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     ab = process.alpha_bar(grid).to(device)  # (S + 1,) ab at each grid point
 
@@ -97,12 +99,13 @@ def _reverse_diffusion(denoiser: EmbeddingDenoiser, process, canvas: Canvas, *, 
     for i in range(steps):
         t = torch.full((B,), float(grid[i]), device=device)  # (B,)
         # 2. predict the clean embedding and round it (Diffusion-LM sec. 4.2).
-        x0_hat = denoiser(x, t, attention_mask=canvas.attention_mask).float()  # (B, L, E)
+        x0_hat = denoiser(x.to(dtype), t, attention_mask=canvas.attention_mask).float()  # (B, L, E)
         nfe += 1
-        logits = process.x0_logits(denoiser.rounding_logits(x0_hat))  # (B, L, V)
+        dots = denoiser.rounding_logits(x0_hat.to(dtype))  # (B, L, V): x0_hat . E_v
+        logits = process.x0_logits(dots)  # (B, L, V)
         rounded = logits.argmax(-1)  # (B, L)
         if clamp:  # the clamping trick: x0_hat -> the nearest embedding (L2, as Diffusion-LM's code rounds)
-            nearest = process.x0_logits(denoiser.rounding_logits(x0_hat) - half_sq_norm).argmax(-1)  # (B, L)
+            nearest = process.x0_logits(dots - half_sq_norm).argmax(-1)  # (B, L)
             x0_hat = denoiser.embed_tokens(nearest).float()  # (B, L, E)
         x0 = torch.where(fixed, clean, x0_hat)  # replacement conditioning: the true E(w) at fixed positions
         # 3. x_s from x_t and x0 (DDPM eq. 7 or DDIM eq. 12), noise drawn here for both.
@@ -120,7 +123,7 @@ def _reverse_diffusion(denoiser: EmbeddingDenoiser, process, canvas: Canvas, *, 
             confidence = logits.softmax(-1).gather(-1, tokens[..., None])[..., 0]  # (B, L) p(token | x0_hat)
             callback(StepInfo(step=i + 1, steps=steps, tokens=tokens, changed=changed, confidence=confidence,
                               t=float(grid[i + 1]), nfe=nfe))
-    return SampleOutput(tokens=tokens, nfe=nfe, steps=steps, seconds=time.perf_counter() - start,
+    return SampleOutput(tokens=tokens, nfe=nfe, steps=steps, seconds=elapsed(start, tokens),
                         generated=int(canvas.editable.sum(1).max()) if B else 0, history=history)
 
 

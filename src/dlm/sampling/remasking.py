@@ -31,7 +31,7 @@ from torch import Tensor
 from dlm.processes.base import Denoiser, sample_categorical
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.categorical import check_knobs, filter_logits
-from dlm.sampling.result import Callback, SampleOutput, StepInfo
+from dlm.sampling.result import Callback, SampleOutput, StepInfo, elapsed
 
 REMASKING_SCHEDULES = ("cap", "loop")
 
@@ -100,5 +100,5 @@ def sample_remdm(denoiser: Denoiser, process, canvas: Canvas, *, steps: int, sch
         if callback is not None:
             callback(StepInfo(step=i + 1, steps=steps, tokens=x, changed=changed, confidence=None,
                               t=float(grid[i + 1]), nfe=nfe))
-    return SampleOutput(tokens=x, nfe=nfe, steps=steps, seconds=time.perf_counter() - start,
+    return SampleOutput(tokens=x, nfe=nfe, steps=steps, seconds=elapsed(start, x),
                         generated=int(canvas.editable.sum(1).max()) if B else 0, history=history)

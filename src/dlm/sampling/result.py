@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
+
+
+def elapsed(start: float, tokens: Tensor) -> float:
+    """Seconds since `start` (a time.perf_counter() reading), counted once the device holding
+    `tokens` has finished the work queued on it: CUDA kernels run asynchronously, and a sampler
+    with no sync in its loop (autoregressive) would otherwise report only the launch time."""
+    if tokens.is_cuda:
+        torch.cuda.synchronize(tokens.device)
+    return time.perf_counter() - start
 
 
 @dataclass

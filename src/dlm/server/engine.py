@@ -167,13 +167,16 @@ def step_rows(info: StepInfo, canvas: Canvas, rows: range, tokenizer) -> list[di
     """What changed in each of `rows` at this step, in positions counted over the row's editable
     (generated) positions, left to right."""
     out = []
+    # to the host once per step: indexing device tensors row by row (and float() per token) waits on the GPU each time
+    editable_rows, changed_rows, token_rows = canvas.editable.cpu(), info.changed.cpu(), info.tokens.cpu()
+    confidence = None if info.confidence is None else info.confidence.cpu()
     for b in rows:
-        editable = canvas.editable[b]  # (L,)
-        changed = info.changed[b][editable]  # (G,) over the generated positions
-        ids = info.tokens[b][editable][changed].tolist()  # (k,)
+        editable = editable_rows[b]  # (L,)
+        changed = changed_rows[b][editable]  # (G,) over the generated positions
+        ids = token_rows[b][editable][changed].tolist()  # (k,)
         conf = None
-        if info.confidence is not None:
-            conf = [round(float(c), 4) for c in info.confidence[b][editable][changed]]
+        if confidence is not None:
+            conf = [round(c, 4) for c in confidence[b][editable][changed].tolist()]
         out.append({"positions": changed.nonzero().flatten().tolist(), "token_ids": ids,
                     "tokens": [tokenizer.token_text(i) for i in ids], "confidences": conf})
     return out
