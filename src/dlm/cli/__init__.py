@@ -15,7 +15,8 @@ import sys
 from dlm import __version__
 from dlm.errors import DlmError
 
-COMMANDS = ("train", "eval", "generate", "infill", "bench", "demo", "serve")
+COMMANDS = ("train", "eval", "generate", "infill", "bench", "demo", "serve", "lm-eval")
+DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes that --dtype names
 
 
 def positive_int(text: str) -> int:
@@ -41,7 +42,8 @@ def non_negative_float(text: str) -> float:
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     from dlm.sampling import SAMPLERS
 
-    p.add_argument("checkpoint", metavar="DIR", help="a run folder or checkpoint folder written by `dlm train`")
+    p.add_argument("checkpoint", metavar="DIR", help="a run folder or checkpoint folder written by `dlm train`, or a "
+                   "LLaDA or Dream folder (config.json, *.safetensors, tokenizer files)")
     p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: one per token)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
                    help="default: the process's own (ancestral for masked diffusion)")
@@ -70,7 +72,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="never write these tokens (for a character model: these characters)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=positive_int, default=1)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="weights' precision (default float32; bfloat16 halves the memory of a large model)")
     p.add_argument("--no-live", action="store_true", help="do not draw the denoising on the terminal")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
@@ -93,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, default=0, help="validation chunks to use, evenly spaced (0 = all)")
     p.add_argument("--samples", type=positive_int, default=4, help="Monte-Carlo time samples per chunk")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("generate", help="generate text after a prompt",
@@ -147,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Serve a checkpoint over HTTP: POST /v1/completions (OpenAI schema, "
                                                "streaming), POST /v1/infill, GET /v1/models, /health, /metrics, "
                                                "and a web page at / that draws the denoising. Needs the [server] extra."))
+
+    from dlm.cli.lm_eval import add_arguments as lm_eval_arguments
+    lm_eval_arguments(sub.add_parser("lm-eval", help="run lm-evaluation-harness tasks on a checkpoint",
+                                     description="Evaluate a checkpoint on lm-evaluation-harness tasks through the "
+                                                 "\"dlm\" adapter: loglikelihood is the Monte-Carlo ELBO (exact for "
+                                                 "AR), generation runs dlm's samplers. Needs the [eval] extra."))
     return parser
 
 
@@ -175,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         from importlib import import_module
 
         module = {"train": "train", "eval": "evaluate", "generate": "sample", "infill": "sample",
-                  "bench": "bench", "demo": "demo", "serve": "serve"}[args.command]
+                  "bench": "bench", "demo": "demo", "serve": "serve", "lm-eval": "lm_eval"}[args.command]
         return import_module(f"dlm.cli.{module}").run(args) or 0
     except DlmError as e:
         print(f"dlm {args.command}: error: {e}", file=sys.stderr)
