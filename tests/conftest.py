@@ -80,6 +80,17 @@ def write_corpus(path, repeats: int = 40) -> str:
     return str(path)
 
 
+def tiny_train_config(root, **overrides):
+    """A TrainConfig of a few steps of the tiny preset on the small corpus (written under root),
+    run folder root/run, fp32 and eager so that runs are exactly reproducible."""
+    from dlm.training import TrainConfig
+
+    settings = dict(out=str(root / "run"), data=write_corpus(root / "corpus.txt"), preset="tiny", seq_len=32,
+                    batch_size=8, steps=6, warmup_steps=2, eval_every=3, eval_chunks=4, final_eval_chunks=8,
+                    eval_samples=2, log_every=1, compile=False, precision="fp32")
+    return TrainConfig(**{**settings, **overrides})
+
+
 def train_tiny_run(root, *, seq_len: int = 32):
     """A run folder trained for 4 steps on the small corpus through `dlm train` (seconds): the
     checkpoint the command-line and server tests sample from."""

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from dlm.training import TrainConfig, train
 from dlm.training.checkpoint import load_training_state, resolve
 
-from conftest import write_corpus
+from conftest import tiny_train_config
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="this PyTorch build has no gloo backend")
@@ -48,10 +48,7 @@ train(config, resume=resume, progress=False)
 
 @pytest.fixture
 def config(tmp_path):
-    data = write_corpus(tmp_path / "corpus.txt")
-    return TrainConfig(out=str(tmp_path / "run"), data=data, preset="tiny", seq_len=32, batch_size=8, steps=1,
-                       warmup_steps=2, eval_every=3, eval_chunks=4, final_eval_chunks=4, eval_samples=1,
-                       log_every=1, compile=False, precision="fp32")
+    return tiny_train_config(tmp_path, steps=1, final_eval_chunks=4, eval_samples=1)
 
 
 def torchrun(tmp_path, config: TrainConfig, *, kill_step: int = 0, resume: bool = False) -> subprocess.CompletedProcess:

@@ -17,15 +17,12 @@ from dlm.processes import MaskedDiffusion
 from dlm.training import TrainConfig, TrainingDiverged, load_checkpoint, train
 from dlm.training.checkpoint import load_training_state, resolve
 
-from conftest import write_corpus
+from conftest import tiny_train_config, write_corpus
 
 
 @pytest.fixture
 def config(tmp_path):
-    data = write_corpus(tmp_path / "corpus.txt")
-    return TrainConfig(out=str(tmp_path / "run"), data=data, preset="tiny", seq_len=32, batch_size=8, steps=6,
-                       warmup_steps=2, eval_every=3, eval_chunks=4, final_eval_chunks=8, eval_samples=2,
-                       log_every=1, compile=False, precision="fp32")
+    return tiny_train_config(tmp_path)
 
 
 def metrics(run_dir):
