@@ -21,7 +21,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from judge import Judge, figure, mean, save_figure  # noqa: E402

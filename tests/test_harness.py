@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 lm_eval = pytest.importorskip("lm_eval")
 

@@ -7,10 +7,10 @@ import torch
 
 from dlm.data import train_bpe_tokenizer
 from dlm.errors import DlmError
-from dlm.processes import PROCESSES, MaskedDiffusion
+from dlm.processes import PROCESSES
 from dlm.sampling import SAMPLERS, infill_canvas, parse_template
 
-from conftest import TEXT, build, tiny_model
+from conftest import TEXT, build
 
 
 def test_parse_template():

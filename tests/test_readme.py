@@ -12,8 +12,6 @@ import pytest
 
 from dlm.cli import main
 
-from conftest import write_corpus
-
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 

@@ -14,10 +14,10 @@ import torch
 
 from dlm.errors import DlmError
 from dlm.processes import MaskedDiffusion
-from dlm.training import TrainConfig, TrainingDiverged, load_checkpoint, train
+from dlm.training import TrainingDiverged, load_checkpoint, train
 from dlm.training.checkpoint import load_training_state, resolve
 
-from conftest import tiny_train_config, write_corpus
+from conftest import tiny_train_config
 
 
 @pytest.fixture

@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import torch
 
 from dlm.errors import DlmError
 from dlm.sampling import Canvas, StepInfo
