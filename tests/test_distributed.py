@@ -21,9 +21,9 @@ from conftest import tiny_train_config
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="this PyTorch build has no gloo backend")
 
-# Started by torchrun in each process: train the TrainConfig given as JSON; with a kill step,
-# the process of rank 1 kills itself with SIGKILL while it computes that step's loss (and
-# torchrun then stops the other one).
+# Started by torchrun in each process (or alone, as rank 0): train the TrainConfig given as
+# JSON; with a kill step, the process of the last rank kills itself with SIGKILL while it
+# computes that step's loss (and torchrun then stops the other one).
 WORKER = """
 import json, os, signal, sys
 import torch
@@ -36,7 +36,7 @@ original = MaskedDiffusion.loss
 
 def loss(self, *args, **kwargs):
     calls["n"] += torch.is_grad_enabled()  # training steps only, not validation
-    if calls["n"] == kill_step and os.environ["RANK"] == "1":
+    if calls["n"] == kill_step and os.environ.get("RANK", "0") == str(int(os.environ.get("WORLD_SIZE", 1)) - 1):
         os.kill(os.getpid(), signal.SIGKILL)
     return original(self, *args, **kwargs)
 
@@ -50,13 +50,15 @@ def config(tmp_path):
     return tiny_train_config(tmp_path, steps=1, final_eval_chunks=4, eval_samples=1)
 
 
-def torchrun(tmp_path, config: TrainConfig, *, kill_step: int = 0, resume: bool = False) -> subprocess.CompletedProcess:
-    """Launch WORKER on 2 processes with torchrun (one thread each)."""
+def torchrun(tmp_path, config: TrainConfig, *, kill_step: int = 0, resume: bool = False,
+             processes: int = 2) -> subprocess.CompletedProcess:
+    """Launch WORKER on 2 processes with torchrun (one thread each); processes=1: plain python."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
-           json.dumps(config.to_dict()), str(kill_step), "resume" if resume else "new"]
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] if processes > 1 else []
+    cmd = [sys.executable, *launch, str(script), json.dumps(config.to_dict()), str(kill_step),
+           "resume" if resume else "new"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
 
 
@@ -111,6 +113,25 @@ def test_a_killed_two_process_run_resumes_exactly(config, tmp_path, fsdp):
         assert resumed.step == 6
         assert resumed.losses == pytest.approx(full.losses[3:], abs=1e-6)
     assert_same_weights(weights(tmp_path / "full"), weights(config.out), atol=1e-5 if fsdp else 1e-6)
+
+
+def test_a_killed_one_process_run_resumes_on_two(config, tmp_path):
+    """Scaling up: a run saved with 1 micro-batch per step cannot keep it on 2 processes; it goes
+    on with 2 (the same batches, other noise draws) and says so."""
+    full_config = replace(config, steps=6)
+    proc = torchrun(tmp_path, full_config, kill_step=5, processes=1)
+    assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL
+    assert resolve(config.out).name == "checkpoint-000003"
+    assert load_training_state(resolve(config.out))["micro_batches"] == 1
+
+    proc = torchrun(tmp_path, full_config, resume=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "saved with micro_batches=1 per step" in proc.stderr
+    state = load_training_state(resolve(config.out))
+    assert state["step"] == 6 and state["micro_batches"] == 2 and state["world_size"] == 2
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 4, 5, 6]  # step 4 again after the kill
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 def test_the_readme_torchrun_lines_are_dlm_commands():

@@ -248,9 +248,9 @@ class Run:
         if stored and stored % world == 0:
             config = replace(config, grad_accum=stored // world)
         elif stored and stored != world * config.grad_accum:
-            warnings.warn(f"this run was trained with {stored} micro-batches per step, which {world} processes "
+            warnings.warn(f"this run was saved with micro_batches={stored} per step, which {world} processes "
                           f"cannot share evenly; it goes on with {world * config.grad_accum}, so its noise draws "
-                          f"differ from an uninterrupted run's (its data and weights do not)")
+                          f"differ from an uninterrupted run's (its batches do not)")
         micro = world * config.grad_accum
         if config.batch_size % micro:
             raise DlmError(f"--batch-size {config.batch_size} does not split into {world} processes x "
