@@ -10,7 +10,7 @@ import torch
 from dlm.processes.base import Denoiser, ForwardProcess
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.categorical import check_knobs, filter_logits
-from dlm.sampling.result import Callback, SampleOutput, StepInfo, elapsed
+from dlm.sampling.result import Callback, SampleOutput, StepRecorder
 
 
 def depends_on_time(denoiser: Denoiser) -> bool:
@@ -40,7 +40,8 @@ def sample_ancestral(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas
     grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)  # on the host: the callback's t needs no sync
     times = grid.to(device)  # one copy to the canvas's device, not two per step
     reuse = not depends_on_time(denoiser)
-    logits, nfe, history = None, 0, []
+    logits, nfe = None, 0
+    record = StepRecorder(canvas, steps=steps, callback=callback, record_history=record_history, start=start)
     for i in range(steps):
         t = times[i].expand(B)  # (B,)
         s = times[i + 1].expand(B)
@@ -54,10 +55,5 @@ def sample_ancestral(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas
         if bool(changed.any()):
             logits = None  # the canvas moved: the next step needs a fresh forward pass
         x = x_s
-        if record_history:
-            history.append(x.clone())
-        if callback is not None:
-            callback(StepInfo(step=i + 1, steps=steps, tokens=x, changed=changed, confidence=None,
-                              t=float(grid[i + 1]), nfe=nfe))
-    return SampleOutput(tokens=x, nfe=nfe, steps=steps, seconds=elapsed(start, x),
-                        generated=int(canvas.editable.sum(1).max()) if B else 0, history=history)
+        record.step(i + 1, x, changed, nfe=nfe, t=float(grid[i + 1]))
+    return record.output(x, nfe=nfe, steps=steps)

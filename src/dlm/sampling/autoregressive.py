@@ -18,7 +18,7 @@ from dlm.processes.base import Denoiser, ForwardProcess, sample_categorical
 from dlm.sampling.block import generation_start
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.categorical import check_knobs, filter_logits
-from dlm.sampling.result import Callback, SampleOutput, StepInfo, elapsed
+from dlm.sampling.result import Callback, SampleOutput, StepRecorder
 
 
 def causal_mask(query_real: Tensor, key_real: Tensor, offset: int) -> Tensor:
@@ -53,7 +53,8 @@ def sample_autoregressive(denoiser: Denoiser, process: ForwardProcess, canvas: C
     positions = real.long().cumsum(-1) - 1  # (B, 1 + L): bos at 0, padding does not count
     t = torch.zeros(B, device=device)
     cache = KVCache() if use_cache else None
-    nfe, history = 0, []
+    nfe = 0
+    record = StepRecorder(canvas, steps=L - g, callback=callback, record_history=record_history, start=start_time)
 
     def next_logits(c: int) -> Tensor:
         """Logits for canvas column c (input columns < c + 1), (B, V)."""
@@ -80,10 +81,5 @@ def sample_autoregressive(denoiser: Denoiser, process: ForwardProcess, canvas: C
         x[:, c + 1] = torch.where(canvas.editable[:, c], token, x[:, c + 1])
         changed = torch.zeros_like(canvas.editable)
         changed[:, c] = canvas.editable[:, c]
-        if record_history:
-            history.append(x[:, 1:].clone())
-        if callback is not None:
-            callback(StepInfo(step=step, steps=L - g, tokens=x[:, 1:], changed=changed, confidence=None,
-                              t=1.0 - step / (L - g), nfe=nfe))
-    return SampleOutput(tokens=x[:, 1:].clone(), nfe=nfe, steps=L - g, seconds=elapsed(start_time, x),
-                        generated=int(canvas.editable.sum(1).max()) if B else 0, history=history)
+        record.step(step, x[:, 1:], changed, nfe=nfe, t=1.0 - step / (L - g))
+    return record.output(x[:, 1:].clone(), nfe=nfe, steps=L - g)

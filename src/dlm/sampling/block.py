@@ -28,7 +28,7 @@ from dlm.sampling.ancestral import depends_on_time
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.categorical import check_knobs, filter_logits
 from dlm.sampling.confidence import block_steps
-from dlm.sampling.result import Callback, SampleOutput, StepInfo, elapsed
+from dlm.sampling.result import Callback, SampleOutput, StepRecorder
 
 
 def generation_start(canvas: Canvas, what: str) -> int:
@@ -74,7 +74,8 @@ def sample_blocks(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas, *
     cache = KVCache() if use_cache else None
     pending = slice(max(0, g - window) if window is not None else 0, g)  # clean columns not yet in the cache (the prompt, then each finished block)
     reuse = not depends_on_time(denoiser)
-    nfe, step, history = 0, 0, []
+    nfe, step = 0, 0
+    record = StepRecorder(canvas, steps=steps, callback=callback, record_history=record_history, start=start_time)
 
     def forward(lo: int, hi: int, t: Tensor) -> Tensor:
         """Logits of columns [lo, hi) (the block being denoised), given the clean columns before."""
@@ -127,12 +128,7 @@ def sample_blocks(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas, *
                 logits = None
             x[:, lo:hi] = new
             step += 1
-            if record_history:
-                history.append(x.clone())
-            if callback is not None:
-                callback(StepInfo(step=step, steps=steps, tokens=x, changed=changed, confidence=None,
-                                  t=float(grid[i + 1]), nfe=nfe))
+            record.step(step, x, changed, nfe=nfe, t=float(grid[i + 1]))
         if use_cache:
             pending = slice(pending.start, hi)  # the finished block joins the clean context
-    return SampleOutput(tokens=x, nfe=nfe, steps=step, seconds=elapsed(start_time, x),
-                        generated=int(canvas.editable.sum(1).max()) if B else 0, history=history)
+    return record.output(x, nfe=nfe, steps=step)

@@ -22,7 +22,7 @@ from dlm.processes.base import Denoiser
 from dlm.processes.masked import MaskedDiffusion
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.categorical import check_knobs, draw
-from dlm.sampling.result import Callback, SampleOutput, StepInfo, elapsed
+from dlm.sampling.result import Callback, SampleOutput, StepRecorder
 
 
 def transfer_counts(num_masked: Tensor, steps: int) -> Tensor:
@@ -162,7 +162,9 @@ def sample_confidence(denoiser: Denoiser, process: MaskedDiffusion, canvas: Canv
         raise ValueError(f"{steps} steps cannot cover {num_blocks} blocks of {block_length} tokens: "
                          f"use at least {num_blocks} steps or a longer block length")
 
-    nfe, history, step_index = 0, [], 0
+    nfe, step_index = 0, 0
+    record = StepRecorder(canvas, steps=steps, callback=callback, record_history=record_history, start=start,
+                          generated=n_edit)
     block_cache = BlockCache(denoiser, canvas, cache) if cache != "none" else None
     for b, steps_b in enumerate(block_steps(steps, num_blocks)):
         in_block = editable & (rank >= b * block_length) & (rank < (b + 1) * block_length)  # (B, L)
@@ -199,14 +201,9 @@ def sample_confidence(denoiser: Denoiser, process: MaskedDiffusion, canvas: Canv
                     if k:  # way; the counts come to the host once per step, not once per row
                         changed[row, candidates[row].topk(k).indices] = True
                 x = torch.where(changed, x0, x)
-            if record_history:
-                history.append(x.clone())
-            if callback is not None:
-                t = float(((editable & (x == mask_id)).sum() / editable.sum().clamp(min=1)))
-                callback(StepInfo(step=step_index, steps=steps, tokens=x, changed=changed,
-                                  confidence=confidence, t=t, nfe=nfe))
+            record.step(step_index, x, changed, nfe=nfe, confidence=confidence,  # t: the masked share left
+                        t=lambda: float((editable & (x == mask_id)).sum() / editable.sum().clamp(min=1)))
         if eos_id is not None and b < num_blocks - 1 and bool(((x == eos_id) & editable).any(1).all()):
             x = torch.where(editable & (x == mask_id), eos_id, x)  # every row has ended: stop early
             break
-    return SampleOutput(tokens=x, nfe=nfe, steps=step_index, seconds=elapsed(start, x),
-                        generated=n_edit, history=history)
+    return record.output(x, nfe=nfe, steps=step_index)

@@ -27,7 +27,7 @@ from dlm.processes.base import sample_categorical
 from dlm.processes.gaussian import EmbeddingDenoiser
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.categorical import check_knobs, filter_logits
-from dlm.sampling.result import Callback, SampleOutput, StepInfo, elapsed
+from dlm.sampling.result import Callback, SampleOutput, StepRecorder
 
 Update = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]  # (x_t, x0, ab_t, ab_s, z) -> x_s
 
@@ -95,7 +95,8 @@ def _reverse_diffusion(denoiser: EmbeddingDenoiser, process, canvas: Canvas, *, 
     x = torch.where(fixed, (ab[0].sqrt() * clean + (1 - ab[0]).sqrt() * noise).float(), noise)  # (B, L, E)
     table = denoiser.embed_tokens(torch.arange(process.vocab_size, device=device)[None])[0].float()  # (V, E)
     half_sq_norm = 0.5 * table.pow(2).sum(-1)  # (V,): ||x - E_v||^2 = ||x||^2 - 2 (x . E_v - ||E_v||^2 / 2)
-    tokens, nfe, history = canvas.tokens, 0, []
+    tokens, nfe = canvas.tokens, 0
+    record = StepRecorder(canvas, steps=steps, callback=callback, record_history=record_history, start=start)
     for i in range(steps):
         t = torch.full((B,), float(grid[i]), device=device)  # (B,)
         # 2. predict the clean embedding and round it (Diffusion-LM sec. 4.2).
@@ -117,14 +118,10 @@ def _reverse_diffusion(denoiser: EmbeddingDenoiser, process, canvas: Canvas, *, 
         new_tokens = torch.where(canvas.editable, rounded, canvas.tokens)  # (B, L)
         changed = new_tokens != tokens  # (B, L)
         tokens = new_tokens
-        if record_history:
-            history.append(tokens.clone())
-        if callback is not None:
-            confidence = logits.softmax(-1).gather(-1, tokens[..., None])[..., 0]  # (B, L) p(token | x0_hat)
-            callback(StepInfo(step=i + 1, steps=steps, tokens=tokens, changed=changed, confidence=confidence,
-                              t=float(grid[i + 1]), nfe=nfe))
-    return SampleOutput(tokens=tokens, nfe=nfe, steps=steps, seconds=elapsed(start, tokens),
-                        generated=int(canvas.editable.sum(1).max()) if B else 0, history=history)
+        # confidence: p(token | x0_hat), (B, L), computed only for a callback
+        confidence = logits.softmax(-1).gather(-1, tokens[..., None])[..., 0] if callback is not None else None
+        record.step(i + 1, tokens, changed, nfe=nfe, t=float(grid[i + 1]), confidence=confidence)
+    return record.output(tokens, nfe=nfe, steps=steps)
 
 
 def sample_ddpm(denoiser: EmbeddingDenoiser, process, canvas: Canvas, *, steps: int, temperature: float = 1.0,

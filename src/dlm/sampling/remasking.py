@@ -31,7 +31,7 @@ from torch import Tensor
 from dlm.processes.base import Denoiser, sample_categorical
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.categorical import check_knobs, filter_logits
-from dlm.sampling.result import Callback, SampleOutput, StepInfo, elapsed
+from dlm.sampling.result import Callback, SampleOutput, StepRecorder
 
 REMASKING_SCHEDULES = ("cap", "loop")
 
@@ -69,7 +69,8 @@ def sample_remdm(denoiser: Denoiser, process, canvas: Canvas, *, steps: int, sch
     alphas = process.schedule.alpha(grid) if schedule == "cap" else loop_alphas(process.schedule.alpha, grid, t_on,
                                                                                     t_off)
     x = torch.where(canvas.editable, mask_id, canvas.tokens)  # (B, L)
-    nfe, history = 0, []
+    nfe = 0
+    record = StepRecorder(canvas, steps=steps, callback=callback, record_history=record_history, start=start)
     for i in range(steps):
         a_t, a_s = float(alphas[i]), float(alphas[i + 1])
         if schedule == "loop" and a_s == a_t:
@@ -95,10 +96,5 @@ def sample_remdm(denoiser: Denoiser, process, canvas: Canvas, *, steps: int, sch
             x_s[left] = sample_categorical(proposal[left], generator=generator)
         changed = x_s != x
         x = x_s
-        if record_history:
-            history.append(x.clone())
-        if callback is not None:
-            callback(StepInfo(step=i + 1, steps=steps, tokens=x, changed=changed, confidence=None,
-                              t=float(grid[i + 1]), nfe=nfe))
-    return SampleOutput(tokens=x, nfe=nfe, steps=steps, seconds=elapsed(start, x),
-                        generated=int(canvas.editable.sum(1).max()) if B else 0, history=history)
+        record.step(i + 1, x, changed, nfe=nfe, t=float(grid[i + 1]))
+    return record.output(x, nfe=nfe, steps=steps)
