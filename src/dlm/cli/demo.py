@@ -15,9 +15,9 @@ import torch
 from dlm import __version__
 from dlm.errors import DlmError
 from dlm.sampling import Canvas, infill_canvas, parse_template, sample_ancestral
-from dlm.training.checkpoint import load_checkpoint
+from dlm.training.cached import ensure_trained
+from dlm.training.checkpoint import Checkpoint, read_config, resolve
 from dlm.training.config import TrainConfig
-from dlm.training.performance import resolve_device
 
 DEMO_MINUTES = 3.5  # training budget: with data preparation and evaluation the cold demo takes ~4 minutes
 PROMPT = "KING RICHARD.\n"
@@ -33,34 +33,26 @@ def cache_dir(args: argparse.Namespace) -> Path:
     return cache_home() / f"demo-{__version__}"
 
 
-def ensure_model(args: argparse.Namespace, console) -> tuple[Path, float, bool]:
-    """A finished demo checkpoint: reused when cached, resumed when a demo was cut short, else trained."""
-    from dlm.training.loop import train
-
+def ensure_model(args: argparse.Namespace, console) -> tuple[Checkpoint, bool]:
+    """The demo checkpoint, finished: reused when cached with the same settings, resumed when a
+    demo was cut short, else trained (see training/cached.py); -> (checkpoint, whether cached)."""
     run_dir = cache_dir(args)
-    minutes = args.minutes if args.minutes is not None else DEMO_MINUTES
     if args.retrain and run_dir.exists():
         shutil.rmtree(run_dir)
-    if (run_dir / "latest").exists():
-        try:
-            ckpt = load_checkpoint(run_dir)
-        except DlmError:
-            shutil.rmtree(run_dir)  # a damaged cache is rebuilt, not reported
-        else:
-            if ckpt.metrics.get("final"):
-                console.print(f"using the cached demo model in {run_dir} (--retrain to train afresh)")
-                return run_dir, float(ckpt.metrics.get("train_tokens_per_second", float("nan"))), True
-            console.print(f"resuming the interrupted demo training in {run_dir}")
-            result = train(TrainConfig(out=str(run_dir)), resume=True, progress=not args.json)
-            return run_dir, training_rate(result), False
-    console.print(f"training the demo model ({minutes:g} minutes on this machine; cached in {run_dir})")
-    result = train(TrainConfig(out=str(run_dir), minutes=minutes), progress=not args.json)
-    return run_dir, training_rate(result), False
+    minutes = args.minutes if args.minutes is not None else cached_minutes(run_dir) or DEMO_MINUTES
+    ckpt, how = ensure_trained(TrainConfig(out=str(run_dir), minutes=minutes), progress=not args.json,
+                               log=console.print, what="demo model")
+    if how == "cached":
+        console.print("(--retrain trains it afresh)")
+    return ckpt, how == "cached"
 
 
-def training_rate(result) -> float:
-    """Tokens/s of the training steps, as the checkpoint records it (a cached rerun reads the same figure)."""
-    return float(result.validation.get("train_tokens_per_second", result.tokens_per_second))
+def cached_minutes(run_dir: Path) -> float | None:
+    """The budget the cached demo was trained with: without --minutes, any cached demo is reused."""
+    try:
+        return float(read_config(resolve(run_dir))["train"]["minutes"]) or None
+    except (DlmError, KeyError, TypeError, ValueError):
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     console = Console(file=sys.stderr if args.json else sys.stdout)
     started = time.perf_counter()
     console.rule("[bold]dlm demo: a masked diffusion language model on Shakespeare")
-    run_dir, train_tps, cached = ensure_model(args, console)
-    ckpt = load_checkpoint(run_dir, device=resolve_device())  # sample where it trained: a GPU when there is one
+    ckpt, cached = ensure_model(args, console)  # on the device it trained on: a GPU when there is one
+    run_dir = ckpt.path.parent
+    train_tps = float(ckpt.metrics.get("train_tokens_per_second", float("nan")))  # of the invocation that finished it
     device = next(ckpt.model.parameters()).device
     tok, m = ckpt.tokenizer, ckpt.metrics
     console.print(f"validation: [bold]{m['val_bits_per_char']:.3f} ± {m['val_stderr']:.3f} bits/char[/] "

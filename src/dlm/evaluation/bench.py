@@ -18,7 +18,6 @@ rows into report.md, report.json and the plots. Nothing in the report is typed i
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -32,9 +31,9 @@ from dlm.evaluation.judges import ARJudge, NgramJudge
 from dlm.evaluation.likelihood import evaluate_checkpoint
 from dlm.evaluation.metrics import char_accuracy, distinct_n, mean, self_bleu, unigram_entropy
 from dlm.sampling import SAMPLERS, Canvas, infill_canvas
-from dlm.training.checkpoint import Checkpoint, load_checkpoint
+from dlm.training.cached import ensure_trained
+from dlm.training.checkpoint import Checkpoint
 from dlm.training.config import TrainConfig
-from dlm.training.performance import resolve_device
 
 PROCESSES = ("masked", "uniform", "block", "gaussian", "ar")
 DIFFUSION = PROCESSES[:-1]
@@ -74,29 +73,6 @@ SUITES = {
                   steps_grid=(8, 16, 32, 64, 128, 256, 512, 1024), thresholds=(0.99, 0.9, 0.8, 0.7, 0.5),
                   speed_lengths=(64, 128, 256, 512, 1024), infill_cases=64, long_length=1024, long_samples=8),
 }
-
-
-def ensure_trained(config: TrainConfig, *, progress: bool = False) -> Checkpoint:
-    """The run in config.out, finished with exactly these settings: reused, resumed if it was cut
-    short, else trained afresh (a cached run with other settings is replaced)."""
-    from dlm.training.loop import train
-
-    run_dir = Path(config.out)
-    device = resolve_device()  # measured where it trains: a GPU when there is one
-    if (run_dir / "latest").exists():
-        try:
-            ckpt = load_checkpoint(run_dir, device=device)
-            same = ckpt.config.get("train") == config.to_dict()
-        except DlmError:
-            same, ckpt = False, None
-        if same and ckpt.metrics.get("final"):
-            return ckpt
-        if same:
-            train(config, resume=True, progress=progress)
-            return load_checkpoint(run_dir, device=device)
-        shutil.rmtree(run_dir)
-    train(config, progress=progress)
-    return load_checkpoint(run_dir, device=device)
 
 
 def validation_prompts(ckpt: Checkpoint, n: int, chars: int) -> list[str]:
@@ -329,23 +305,26 @@ def run_bench(suite: Suite, cache: Path, *, log: Callable[[str], None] = print, 
     started = time.perf_counter()
     base = dict(preset=suite.preset, minutes=suite.minutes, seq_len=suite.seq_len, final_eval_chunks=64,
                 compile=suite.compile)
+
+    def trained(config: TrainConfig, what: str) -> Checkpoint:
+        return ensure_trained(config, progress=progress, log=lambda text: log("  " + text), what=what)[0]
+
     models = {}
     for name in PROCESSES:
         log(f"model: {name} ({suite.preset}, {suite.minutes:g} min)")
-        models[name] = ensure_trained(TrainConfig(out=str(cache / name), process=name, **base), progress=progress)
+        models[name] = trained(TrainConfig(out=str(cache / name), process=name, **base), f"{name} model")
     log(f"judge: AR {suite.judge_preset}, {suite.judge_minutes:g} min")
-    judge_ckpt = ensure_trained(TrainConfig(out=str(cache / "judge"), process="ar", preset=suite.judge_preset,
-                                            minutes=suite.judge_minutes, seq_len=2 * suite.seq_len,
-                                            batch_size=16, final_eval_chunks=64, compile=suite.compile),
-                               progress=progress)
+    judge_ckpt = trained(TrainConfig(out=str(cache / "judge"), process="ar", preset=suite.judge_preset,
+                                     minutes=suite.judge_minutes, seq_len=2 * suite.seq_len, batch_size=16,
+                                     final_eval_chunks=64, compile=suite.compile), "judge")
     judge = ARJudge(judge_ckpt)
     code = {}
     for name in ("masked", "ar"):
         log(f"code model: {name} (pystdlib, BPE, {suite.code_minutes:g} min)")
-        code[name] = ensure_trained(TrainConfig(out=str(cache / f"code-{name}"), process=name, preset=suite.preset,
-                                                data="pystdlib", tokenizer="bpe", vocab_size=2048,
-                                                minutes=suite.code_minutes, seq_len=suite.seq_len,
-                                                final_eval_chunks=32, compile=suite.compile), progress=progress)
+        code[name] = trained(TrainConfig(out=str(cache / f"code-{name}"), process=name, preset=suite.preset,
+                                         data="pystdlib", tokenizer="bpe", vocab_size=2048,
+                                         minutes=suite.code_minutes, seq_len=suite.seq_len, final_eval_chunks=32,
+                                         compile=suite.compile), f"{name} code model")
     corpus = load_corpus(models["ar"].config["train"]["data"])
     log("judge: character 5-gram, Kneser-Ney (nltk)")
     ngram = NgramJudge("\n".join(corpus.train), order=5, max_chars=suite.ngram_chars)
