@@ -217,13 +217,15 @@ def test_cli_runs_the_local_tasks_and_explains_mistakes(checkpoints, capsys):
     payload = json.loads(capsys.readouterr().out)
     assert payload["process"] == "ar" and 0 <= payload["results"]["dlm_shakespeare_mc"]["acc,none"] <= 1
     assert payload["results"]["dlm_shakespeare_ppl"]["bits_per_byte,none"] > 0
-    assert main(["lm-eval", "--model", str(checkpoints["ar"]), "--tasks", "dlm_shakespeare_mc",
+    assert main(["lm-eval", str(checkpoints["ar"]), "--tasks", "dlm_shakespeare_mc",  # DIR, as other commands
                  "--include-path", "/no/such/folder"]) == 1
     err = capsys.readouterr().err
     assert "--include-path /no/such/folder" in err and "Traceback" not in err
     assert main(["lm-eval", "--model", str(checkpoints["masked"]), "--tasks", "dlm_shakespeare_gen",
                  "--sampler", "block"]) == 1
     assert "sampler" in capsys.readouterr().err
+    assert main(["lm-eval", "--tasks", "dlm_shakespeare_mc"]) == 1  # no checkpoint at all
+    assert "name the checkpoint once" in capsys.readouterr().err
 
 
 def test_readme_section_runs_as_written(checkpoints, tmp_path, monkeypatch):

@@ -23,9 +23,11 @@ def positive_number(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from dlm.cli import non_negative_float, positive_int
+    from dlm.cli import DTYPES, non_negative_float, positive_int
 
-    p.add_argument("--model", required=True, metavar="DIR", help="a run or checkpoint folder written by `dlm train`")
+    p.add_argument("checkpoint", nargs="?", metavar="DIR", help="a run or checkpoint folder written by `dlm train`, "
+                   "or a LLaDA or Dream folder (as for `dlm generate`)")
+    p.add_argument("--model", metavar="DIR", help="the same folder, as lm_eval's own command spells it")
     p.add_argument("--tasks", required=True, metavar="T[,T...]",
                    help="task names, comma-separated: lm_eval's own (downloaded by `datasets`), those under "
                         "--include-path, or the bundled local ones: dlm_shakespeare (= _mc, _gen and _ppl)")
@@ -49,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "only tasks such as LAMBADA's accuracy read it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights' precision")
     p.add_argument("--output", default=None, metavar="FILE", help="also write lm_eval's results as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="show lm_eval's own log messages")
@@ -90,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     from dlm.evaluation.harness import DlmLM
     from dlm.training.performance import resolve_device
 
+    if (args.checkpoint is None) == (args.model is None):
+        raise DlmError("name the checkpoint once: `dlm lm-eval DIR --tasks ...` (or --model DIR)")
+    model_dir = args.checkpoint or args.model
     for folder in args.include_path or []:
         if not Path(folder).is_dir():
             raise DlmError(f"--include-path {folder} is not a folder of task YAML files")
@@ -100,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         raise DlmError("--tasks is empty; name at least one task, e.g. --tasks dlm_shakespeare")
     manager = task_manager(names, args.include_path or [])
     device = resolve_device(args.device)  # a GPU asked for and missing is an error here, not a fallback
-    lm = DlmLM(args.model, mc_num=args.mc_num, batch_size=args.batch_size, sampler=args.sampler, steps=args.steps,
+    lm = DlmLM(model_dir, mc_num=args.mc_num, batch_size=args.batch_size, sampler=args.sampler, steps=args.steps,
                gen_length=args.gen_length, block_length=args.block_length, temperature=args.temperature,
                seed=args.seed, device=str(device), dtype=args.dtype, check_greedy=not args.no_greedy_check,
                progress=not (args.no_progress or args.json))
