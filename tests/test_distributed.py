@@ -134,6 +134,28 @@ def test_a_killed_one_process_run_resumes_on_two(config, tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_two_nodes_launched_with_the_multi_node_flags(config, tmp_path):
+    """The README's multi-node launch, two "machines" of one process each emulated on this one:
+    RANK and LOCAL_RANK now differ, and the step is still the one-process step."""
+    import socket
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    two = replace(config, out=str(tmp_path / "two"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
+                               "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                               str(script), json.dumps(two.to_dict()), "0", "new"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    train(replace(two, out=str(tmp_path / "one"), grad_accum=2), progress=False)
+    assert_same_weights(weights(tmp_path / "one"), weights(tmp_path / "two"), atol=0.0)
+
+
 def test_the_readme_torchrun_lines_are_dlm_commands():
     """Each `torchrun ... -m dlm ARGS` line of the README parses as a dlm command."""
     from pathlib import Path
