@@ -134,16 +134,20 @@ def _fully_shard():
     return fully_shard
 
 
-def shard_model(model: torch.nn.Module) -> None:
+def shard_model(model: torch.nn.Module, device: torch.device) -> None:
     """FSDP2: shard each transformer block, then the rest (embeddings, final norm, head), over
-    all processes; a block's weights are gathered only while it runs."""
+    all processes, onto `device` (one process per GPU); a block's weights are gathered only
+    while it runs. A model still on the host moves over one block at a time."""
+    from torch.distributed.device_mesh import init_device_mesh
+
     fully_shard = _fully_shard()
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     # A block returns its keys and values (views) beside its output, for KV caches; FSDP2 warns
     # that an in-place op on a view would skip its hook, and nothing writes to them in place.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     for block in getattr(model, "blocks", []):
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
 
 
 def _is_sharded(x) -> bool:

@@ -204,20 +204,24 @@ class Run:
                                          **self.process.model_options())
         except KeyError as e:
             raise DlmError(str(e.args[0])) from None
+        sharded = config.fsdp and place.enabled
         torch.manual_seed(config.seed)  # the same initial weights in every process
-        self.model = Transformer(model_config).to(self.device)
+        self.model = Transformer(model_config)  # on the host: with FSDP, sharding moves each block's shard over
+        if not sharded:
+            self.model.to(self.device)
         if state is not None:
             self.model.load_state_dict(state["model"])
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
         if self.ema is not None and state is not None:
             self.ema.load_state_dict(state["ema"])
         self.compiled = False
-        if config.fsdp and place.enabled:
+        if sharded:
             # FSDP2: each block's parameters, gradients and optimizer state are split over the
             # processes and gathered for its forward and backward; the EMA copy is split alike.
-            shard_model(self.model)
+            # Sharding block by block from the host keeps the device from ever holding the whole model.
+            shard_model(self.model, self.device)
             if self.ema is not None:
-                shard_model(self.ema.model)
+                shard_model(self.ema.model, self.device)
             self.trained = self.model
             if config.compile:
                 warnings.warn("--fsdp trains eagerly: the blocks are not compiled")
