@@ -1,6 +1,6 @@
 """lm-evaluation-harness adapter: a dlm checkpoint as the lm_eval model "dlm" (the [eval] extra).
 
-    dlm lm-eval --model runs/shakespeare --tasks dlm_shakespeare --limit 8
+    dlm lm-eval runs/shakespeare --tasks dlm_shakespeare --limit 8
     python -m dlm.evaluation.harness --model dlm --model_args pretrained=runs/shakespeare,mc_num=32 \\
         --tasks dlm_shakespeare_mc --include_path src/dlm/evaluation/tasks
 
