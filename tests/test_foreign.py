@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 
 import pytest
 import torch
@@ -337,3 +338,27 @@ def test_a_dlm_checkpoint_without_the_new_config_keys_loads_bit_identically(tmp_
     assert ckpt.model.config == model.config and ckpt.tokenizer.specials == tokenizer.specials
     bf16 = load_checkpoint(tmp_path / "run", dtype=torch.bfloat16)
     assert bf16.model.embed.weight.dtype == torch.bfloat16
+
+
+def test_the_readme_commands_run_on_tiny_folders(llada, dream, capsys):
+    """The README's LLaDA/Dream lines, on the tiny folders instead of the 7-8B downloads (`dlm
+    serve` is only parsed: it would not return)."""
+    from pathlib import Path
+
+    from dlm.cli import build_parser
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("\n### LLaDA and Dream checkpoints\n", 1)[1].split("\n### ", 1)[0]
+    lines = [line for line in section.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+             if line.startswith("dlm ")]
+    assert len(lines) >= 3
+    folders = {"models/LLaDA-8B-Instruct": str(llada), "models/Dream-v0-Base-7B": str(dream)}
+    for line in lines:
+        for name, path in folders.items():
+            line = line.replace(name, path)
+        argv = shlex.split(line)[1:] + ["--device", "cpu"]
+        if argv[0] == "serve":
+            assert build_parser().parse_args(argv).checkpoint in folders.values()
+            continue
+        assert main(argv + ["--no-live"]) == 0, line
+    capsys.readouterr()
