@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
                                 reason="this PyTorch build has no gloo backend")
 
 # Started by torchrun in each process (or alone, as rank 0): train the TrainConfig given as
-# JSON; with a kill step, the process of the last rank kills itself with SIGKILL while it
-# computes that step's loss (and torchrun then stops the other one).
+# JSON; with a kill step, one process sends itself a signal while it computes that step's loss:
+# by default the last rank SIGKILL (and torchrun then stops the other one).
 WORKER = """
 import json, os, signal, sys
 import torch
@@ -31,13 +31,14 @@ from dlm.processes import MaskedDiffusion
 from dlm.training import TrainConfig, train
 
 config, kill_step, resume = TrainConfig(**json.loads(sys.argv[1])), int(sys.argv[2]), sys.argv[3] == "resume"
+sig, rank = getattr(signal, sys.argv[4]), int(sys.argv[5]) % int(os.environ.get("WORLD_SIZE", 1))
 calls = {"n": 0}
 original = MaskedDiffusion.loss
 
 def loss(self, *args, **kwargs):
     calls["n"] += torch.is_grad_enabled()  # training steps only, not validation
-    if calls["n"] == kill_step and os.environ.get("RANK", "0") == str(int(os.environ.get("WORLD_SIZE", 1)) - 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if calls["n"] == kill_step and int(os.environ.get("RANK", 0)) == rank:
+        os.kill(os.getpid(), sig)
     return original(self, *args, **kwargs)
 
 MaskedDiffusion.loss = loss
@@ -50,15 +51,16 @@ def config(tmp_path):
     return tiny_train_config(tmp_path, steps=1, final_eval_chunks=4, eval_samples=1)
 
 
-def torchrun(tmp_path, config: TrainConfig, *, kill_step: int = 0, resume: bool = False,
-             processes: int = 2) -> subprocess.CompletedProcess:
-    """Launch WORKER on 2 processes with torchrun (one thread each); processes=1: plain python."""
+def torchrun(tmp_path, config: TrainConfig, *, kill_step: int = 0, resume: bool = False, processes: int = 2,
+             signal_name: str = "SIGKILL", rank: int = -1) -> subprocess.CompletedProcess:
+    """Launch WORKER on 2 processes with torchrun (one thread each); processes=1: plain python.
+    With kill_step, process `rank` (-1: the last) sends itself `signal_name` during that step."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] if processes > 1 else []
     cmd = [sys.executable, *launch, str(script), json.dumps(config.to_dict()), str(kill_step),
-           "resume" if resume else "new"]
+           "resume" if resume else "new", signal_name, str(rank)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
 
 
@@ -140,6 +142,21 @@ def test_a_killed_one_process_run_resumes_on_two(config, tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(config, tmp_path):
+    """SIGTERM (a scheduler's preemption, torchrun passing on Ctrl-C) reaching process 0 alone, during
+    step 4: the stop request travels in the step's all-reduce, both processes finish step 4, it is
+    saved, and the run resumes from it."""
+    full_config = replace(config, steps=6)
+    proc = torchrun(tmp_path, full_config, kill_step=4, signal_name="SIGTERM", rank=0)
+    assert proc.returncode != 0  # the workers end with KeyboardInterrupt after saving
+    assert resolve(config.out).name == "checkpoint-000004"
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("event") == "interrupted"] == [4]
+    proc = torchrun(tmp_path, full_config, resume=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_training_state(resolve(config.out))["step"] == 6
+
+
 def test_two_nodes_launched_with_the_multi_node_flags(config, tmp_path):
     """The README's multi-node launch, two "machines" of one process each emulated on this one:
     RANK and LOCAL_RANK now differ, and the step is still the one-process step."""
@@ -154,7 +171,7 @@ def test_two_nodes_launched_with_the_multi_node_flags(config, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
                                "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
-                               str(script), json.dumps(two.to_dict()), "0", "new"],
+                               str(script), json.dumps(two.to_dict()), "0", "new", "SIGKILL", "-1"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
     outputs = [node.communicate(timeout=240) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
