@@ -453,7 +453,9 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool | None, device: 
         finally:
             bar.close()
     seconds = time.perf_counter() - loop_started
-    return TrainResult(run_dir=run.run_dir, checkpoint=resolve(run.run_dir), step=run.step,
+    # other processes need not see process 0's files (resuming does need --out shared by all machines)
+    checkpoint = resolve(run.run_dir) if main else run.run_dir / f"checkpoint-{run.last_saved:06d}"
+    return TrainResult(run_dir=run.run_dir, checkpoint=checkpoint, step=run.step,
                        total_steps=run.total_steps, num_parameters=run.model.num_parameters(),
                        tokens_per_second=len(losses) * tokens_per_step / max(seconds, 1e-9),
                        seconds=time.perf_counter() - started, validation=validation, losses=losses, stopped=stopped)
