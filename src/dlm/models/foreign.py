@@ -255,11 +255,12 @@ def read_weights(folder: Path, names: dict[str, tuple[str, ...]], dtype: torch.d
     return state
 
 
-def load_foreign(folder: str | Path, *, device: torch.device | str = "cpu",
-                 dtype: torch.dtype | None = None) -> ForeignModel:
-    """A LLaDA or Dream folder -> dlm's Transformer with their weights, a masked process and their tokenizer."""
+def load_foreign(folder: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                 config: dict | None = None) -> ForeignModel:
+    """A LLaDA or Dream folder -> dlm's Transformer with their weights, a masked process and their
+    tokenizer; `config`: its config.json, when already read."""
     folder = Path(folder)
-    config = read_json(folder / "config.json")
+    config = read_json(folder / "config.json") if config is None else config
     arch = architecture(config, folder)
     try:
         fields = arch.model_config(config)

@@ -68,13 +68,12 @@ def resolve(path: str | Path) -> Path:
                    f"pointing to one)")
 
 
-def read_config(folder: Path) -> dict:
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DlmError(f"{folder / 'config.json'} is corrupt ({e}); the checkpoint cannot be used") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        kind = config.get("model_type") or config.get("architectures") if isinstance(config, dict) else None
+def read_config(folder: Path, config: dict | None = None) -> dict:
+    """The config.json of a dlm checkpoint folder (`config`: already read), checked to be dlm's."""
+    if config is None:
+        config = foreign.read_json(folder / "config.json")
+    if config.get("format") != FORMAT:
+        kind = config.get("model_type") or config.get("architectures")
         hint = f" (it looks like a {kind!r} model from another library)" if kind else ""
         raise DlmError(f"{folder} is not a dlm checkpoint{hint}: its config.json has no \"format\": \"dlm\"")
     if config.get("format_version", 0) > FORMAT_VERSION:
@@ -91,11 +90,12 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu",
     from safetensors.torch import load_file
 
     folder = resolve(path)
-    if foreign.is_foreign(foreign.read_json(folder / "config.json")):
-        loaded = foreign.load_foreign(folder, device=device, dtype=dtype)
+    config = foreign.read_json(folder / "config.json")
+    if foreign.is_foreign(config):
+        loaded = foreign.load_foreign(folder, device=device, dtype=dtype, config=config)
         return Checkpoint(path=folder, model=loaded.model, process=loaded.process, tokenizer=loaded.tokenizer,
                           config=loaded.config)
-    config = read_config(folder)
+    config = read_config(folder, config)
     if not (folder / "tokenizer.json").exists():
         raise DlmError(f"{folder} has no tokenizer.json; the checkpoint is incomplete (a folder written by "
                        f"transformers' model.save_pretrained also needs tokenizer.save_pretrained)")
