@@ -168,6 +168,16 @@ def cache_home():
     return Path(os.environ.get("DLM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "dlm")
 
 
+def load_from_args(args: argparse.Namespace):
+    """The checkpoint (or LLaDA/Dream folder) named by DIR, on --device, its weights in --dtype."""
+    import torch
+
+    from dlm.training.checkpoint import load_checkpoint
+    from dlm.training.performance import resolve_device
+
+    return load_checkpoint(args.checkpoint, device=resolve_device(args.device), dtype=getattr(torch, args.dtype))
+
+
 def emit_json(payload: dict) -> None:
     sys.stdout.write(json.dumps(payload) + "\n")
     sys.stdout.flush()

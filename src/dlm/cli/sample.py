@@ -5,15 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from dlm.errors import DlmError
 from dlm.sampling import Canvas, infill_canvas, parse_template
 from dlm.sampling.editing import Edit, cut_at_stop, edit_pieces
 from dlm.sampling.run import SamplerRequest, check_fits, run_sampler
 from dlm.sampling.length import candidate_lengths, infill_lengths, with_lengths
-from dlm.training.checkpoint import Checkpoint, load_checkpoint
-from dlm.training.performance import resolve_device
+from dlm.training.checkpoint import Checkpoint
 
 CLI_FLAGS = {"schedule": "--remask", "cfg": "--cfg", "cache": "--cache", "sampler": "--sampler"}
 
@@ -80,8 +77,10 @@ def run_length_search(args: argparse.Namespace, ckpt: Checkpoint, pieces: list, 
 
 
 def run(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint, device=device, dtype=getattr(torch, args.dtype))
+    from dlm.cli import load_from_args
+
+    ckpt = load_from_args(args)
+    device = next(ckpt.model.parameters()).device
     tok = ckpt.tokenizer
     if args.command == "generate":
         if args.length <= 0:
@@ -95,11 +94,9 @@ def run(args: argparse.Namespace) -> int:
         rows = [ids for ids in prompt_ids for _ in range(args.num_samples)]
         canvas = Canvas.for_generation(rows, args.length, fill_id=tok.mask_id, pad_id=tok.pad_id, device=device)
         generated = args.length
-        eos = tok.specials["eos"]
 
         def finish(tokens, b):  # the prompt, then the generated text up to the first end-of-text
-            ids = canvas.generated(tokens, b)
-            text = tok.decode(ids[:ids.index(eos)] if eos in ids else ids)
+            text = tok.decode_until_eos(canvas.generated(tokens, b))
             return prompts[b // args.num_samples] + cut_at_stop(text, args.stop or [])
 
         texts_key = "samples"

@@ -43,8 +43,6 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise DlmError(f"dlm serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'dlm[server]'") from None
     from dlm.server.limits import Limits
-    from dlm.training import load_checkpoint
-    from dlm.training.performance import resolve_device
 
     if not 0 < args.port < 65536:
         raise DlmError(f"--port must be between 1 and 65535, got {args.port}")
@@ -54,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
             probe.bind((args.host, args.port))
         except OSError as e:
             raise DlmError(f"cannot listen on {args.host}:{args.port}: {e.strerror}; pick another --port") from None
-    import torch
+    from dlm.cli import load_from_args
 
-    ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device), dtype=getattr(torch, args.dtype))
+    ckpt = load_from_args(args)
     limits = Limits(max_tokens=args.max_tokens, max_rows=args.max_rows, max_queue=args.max_queue,
                     timeout_s=args.timeout, window_ms=args.window_ms)
     name = args.model_name or Path(args.checkpoint).resolve().name

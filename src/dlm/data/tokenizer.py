@@ -91,6 +91,11 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
+    def decode_until_eos(self, ids: Sequence[int]) -> str:
+        """The text of generated ids: what comes before the first end-of-text token (after it is not text)."""
+        ids = list(ids)
+        return self.decode(ids[:ids.index(self.eos_id)] if self.eos_id in ids else ids)
+
     def token_text(self, token_id: int) -> str:
         """How one token reads on its own (for views that draw the canvas token by token)."""
         return self.backend.decode([int(token_id)], skip_special_tokens=False)

@@ -96,11 +96,7 @@ def generate(ckpt: Checkpoint, prompts: list[str], length: int, *, steps: int | 
         knobs.setdefault("temperature", 0.0)
     out = SAMPLERS[name](ckpt.model, ckpt.process, canvas, steps=steps or length,
                          generator=torch.Generator(device=canvas.tokens.device).manual_seed(seed), **knobs)
-    eos = tok.eos_id
-    texts = []
-    for b in range(len(prompts)):
-        ids = canvas.generated(out.tokens, b)
-        texts.append(tok.decode(ids[:ids.index(eos)] if eos in ids else ids))
+    texts = [tok.decode_until_eos(canvas.generated(out.tokens, b)) for b in range(len(prompts))]
     return texts, out
 
 

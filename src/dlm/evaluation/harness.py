@@ -45,7 +45,6 @@ import hashlib
 import logging
 import math
 from collections import defaultdict
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -60,6 +59,7 @@ except ImportError:  # pragma: no cover - the [eval] extra is missing
     raise DlmError("evaluating with lm-evaluation-harness needs it installed: pip install 'dlm[eval]' "
                    "(or pip install lm_eval)") from None
 
+from dlm.processes.likelihood import stratified_uniforms
 from dlm.sampling import Canvas
 from dlm.sampling.editing import cut_at_stop
 from dlm.sampling.run import SamplerRequest, run_sampler
@@ -133,9 +133,15 @@ class DlmLM(LM):
             log.warning("dlm: no CUDA GPU is available; evaluating on the CPU")  # lm_eval's default device is cuda
             device = "cpu"
         self._device = resolve_device(device)
-        self.ckpt = (pretrained if isinstance(pretrained, Checkpoint)
-                     else load_checkpoint(pretrained, device=self._device))
-        self.ckpt.model.to(self._device).eval()
+        if dtype not in DTYPES:
+            raise DlmError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.dtype = DTYPES[dtype]  # of the weights, as `dlm generate --dtype` (an 8B model in bf16: 16 GB)
+        if isinstance(pretrained, Checkpoint):
+            self.ckpt = pretrained
+            self.ckpt.model.to(self._device, **({} if self.dtype == torch.float32 else {"dtype": self.dtype}))
+        else:
+            self.ckpt = load_checkpoint(pretrained, device=self._device, dtype=self.dtype)
+        self.ckpt.model.eval()
         if str(batch_size).startswith("auto"):
             batch_size = 32  # lm_eval's "auto" probes GPU memory; a fixed size is predictable
         self.mc_num, self.batch_size = int(mc_num), int(batch_size)
@@ -145,9 +151,6 @@ class DlmLM(LM):
         self.steps, self.gen_length = _optional(int, steps), _optional(int, gen_length)
         self.block_length, self.temperature = _optional(int, block_length), _optional(float, temperature)
         self.seed, self.check_greedy, self.progress = int(seed), _flag(check_greedy), _flag(progress)
-        if dtype not in DTYPES:
-            raise DlmError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        self.dtype = DTYPES[dtype]
         limit = self.ckpt.context_length
         self._max_length = min(int(max_length), limit) if _optional(int, max_length) else limit
         process = self.ckpt.process
@@ -166,11 +169,6 @@ class DlmLM(LM):
     @property
     def tokenizer_name(self) -> str:
         return f"dlm-{self.ckpt.tokenizer.kind}"
-
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self._device.type, dtype=self.dtype)
 
     def _bar(self, total: int, desc: str, disable: bool):
         from tqdm import tqdm
@@ -230,15 +228,12 @@ class DlmLM(LM):
         L = len(ids)
         x0 = torch.tensor(ids, dtype=torch.long, device=dev)[None]  # (1, L)
         loss_mask = (torch.arange(L, device=dev) >= L - scored)[None]  # (1, L): the continuation
-        # u_k = (u + k/K) mod 1: stratified (Kingma et al., 2021, app. I.1), so the K draws cover m = 1..N evenly
-        u = (torch.rand(1, generator=generator, device=dev, dtype=torch.float64)
-             + torch.arange(K, device=dev, dtype=torch.float64) / K) % 1.0  # (K,)
+        u = stratified_uniforms(1, K, generator=generator).reshape(K)  # (K,): the K draws cover m = 1..N evenly
         draws = []
         for start in range(0, K, self.batch_size):
             b = min(self.batch_size, K - start)
-            with self._autocast():
-                nelbo = process.nelbo(self.ckpt.model, x0.expand(b, L), u=u[start:start + b],
-                                      loss_mask=loss_mask.expand(b, L), generator=generator)  # (b,)
+            nelbo = process.nelbo(self.ckpt.model, x0.expand(b, L), u=u[start:start + b],
+                                  loss_mask=loss_mask.expand(b, L), generator=generator)  # (b,)
             draws.append(nelbo.double().cpu())
         return torch.cat(draws)  # (K,)
 
@@ -299,7 +294,7 @@ class DlmLM(LM):
                 canvas = Canvas.for_generation([ctx for _, ctx, _ in chunk], n, fill_id=tok.mask_id,
                                                pad_id=tok.pad_id, device=self._device)
                 request = SamplerRequest(sampler=self.greedy_sampler, steps=n, temperature=0.0, seed=self.seed)
-                with torch.no_grad(), self._autocast():
+                with torch.no_grad():
                     sample, _, _ = run_sampler(self.ckpt, canvas, request, generated=n)
                 for b, (i, _, target) in enumerate(chunk):
                     out[i] = canvas.generated(sample.tokens, b) == target
@@ -358,7 +353,6 @@ class DlmLM(LM):
                         cut, len(requests), W)
         results: list[str | None] = [None] * len(requests)
         bar = self._bar(len(requests), "dlm generate_until", disable_tqdm)
-        eos = tok.specials["eos"]
         batches = 0
         for (length, temperature), rows in groups.items():
             for start in range(0, len(rows), self.batch_size):
@@ -368,13 +362,11 @@ class DlmLM(LM):
                 request = SamplerRequest(sampler=self.sampler, steps=self.steps, temperature=temperature,
                                          seed=self.seed + batches,
                                          knobs={"block_length": self.block_length}, stop_at_eos=True)
-                with torch.no_grad(), self._autocast():
+                with torch.no_grad():
                     sample, _, _ = run_sampler(ckpt, canvas, request, generated=length)
                 batches += 1
                 for b, (i, _, until) in enumerate(chunk):
-                    written = canvas.generated(sample.tokens, b)
-                    text = tok.decode(written[:written.index(eos)] if eos in written else written)
-                    results[i] = cut_at_stop(text, until)
+                    results[i] = cut_at_stop(tok.decode_until_eos(canvas.generated(sample.tokens, b)), until)
                     self.cache_hook.add_partial("generate_until", requests[i].args, results[i])
                 bar.update(len(chunk))
         bar.close()
