@@ -1,4 +1,4 @@
-"""The `dlm` command: train, eval, generate, infill, bench, demo, serve.
+"""The `dlm` command: train, distill, eval, generate, infill, bench, demo, serve, lm-eval.
 
 Every command takes --json for one machine-readable JSON object on stdout; messages and
 progress go to stderr. Bad input ends with a one-line message and exit status 1 (2 for
@@ -15,7 +15,7 @@ import sys
 from dlm import __version__
 from dlm.errors import DlmError
 
-COMMANDS = ("train", "eval", "generate", "infill", "bench", "demo", "serve", "lm-eval")
+COMMANDS = ("train", "distill", "eval", "generate", "infill", "bench", "demo", "serve", "lm-eval")
 DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes that --dtype names
 
 
@@ -52,11 +52,16 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=non_negative_float, default=None,
                    help="0 = greedy; default: 0 for confidence (as LLaDA), 1 for ancestral")
     p.add_argument("--threshold", type=float, default=None,
-                   help="confidence sampler: also commit every position whose confidence exceeds this (Fast-dLLM)")
+                   help="confidence and block samplers: also commit every position whose confidence exceeds this "
+                        "(Fast-dLLM)")
     p.add_argument("--factor", type=float, default=None,
-                   help="confidence sampler: commit the largest n with (n + 1)(1 - c_n) < FACTOR (Fast-dLLM)")
+                   help="confidence and block samplers: commit the largest n with (n + 1)(1 - c_n) < FACTOR (Fast-dLLM)")
     p.add_argument("--confidence", choices=["prob", "margin", "entropy", "random"], default=None,
-                   help="confidence sampler: how positions are ranked (default prob)")
+                   help="confidence sampler, or block sampler: how positions are ranked (default prob; for the block "
+                        "sampler, leaving it, --threshold and --factor out means exact reverse steps in random order)")
+    p.add_argument("--sub-block", type=positive_int, default=None, metavar="N",
+                   help="block sampler with --threshold/--factor/--confidence: commit inside sub-blocks of N tokens, "
+                        "left to right (Fast-dLLM v2)")
     p.add_argument("--cache", choices=["none", "prefix", "dual"], default=None,
                    help="confidence sampler with --block-length: Fast-dLLM's approximate prefix or dual KV cache")
     p.add_argument("--eta", type=float, default=None,
@@ -88,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     from dlm.cli.train import add_arguments as train_arguments
     train_arguments(sub.add_parser("train", help="train a model (or resume a run)",
                                    description="Train a diffusion LM on a corpus; checkpoints go to --out."))
+
+    from dlm.cli.distill import add_arguments as distill_arguments
+    distill_arguments(sub.add_parser("distill", help="self-distillation through time: a student that samples in "
+                                                     "half the steps, per round",
+                                     description="Distil a masked or block diffusion checkpoint (SDTT): each round "
+                                                 "the student learns to take in one step what the teacher takes in "
+                                                 "two, then becomes the teacher and the step count halves. Same "
+                                                 "checkpoints, resume and --minutes budget as `dlm train`."))
 
     p = sub.add_parser("eval", help="validation bits/char (the likelihood bound of its process) of a checkpoint",
                        description="Monte-Carlo NELBO of a checkpoint on held-out text, in bits per character "
@@ -194,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from importlib import import_module
 
-        module = {"train": "train", "eval": "evaluate", "generate": "sample", "infill": "sample",
+        module = {"train": "train", "distill": "distill", "eval": "evaluate", "generate": "sample", "infill": "sample",
                   "bench": "bench", "demo": "demo", "serve": "serve", "lm-eval": "lm_eval"}[args.command]
         return import_module(f"dlm.cli.{module}").run(args) or 0
     except DlmError as e:

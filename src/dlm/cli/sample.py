@@ -23,7 +23,7 @@ def sampler_call(args: argparse.Namespace, ckpt: Checkpoint, canvas: Canvas, gen
     """Run the chosen sampler with the knobs the user gave on the command line (see run_sampler)."""
     knobs = {"block_length": args.block_length, "top_k": args.top_k, "top_p": args.top_p,
              "threshold": args.threshold, "factor": args.factor, "confidence": args.confidence,
-             "eta": args.eta, "schedule": args.remask, "cache": args.cache}
+             "eta": args.eta, "schedule": args.remask, "cache": args.cache, "sub_block": args.sub_block}
     request = SamplerRequest(sampler=args.sampler, steps=args.steps, temperature=args.temperature, seed=args.seed,
                              knobs=knobs, cfg=args.cfg, ban=args.ban, stop_at_eos=args.command == "generate")
     return run_sampler(ckpt, canvas, request, generated=generated, callback=callback, option=cli_flag)

@@ -30,12 +30,23 @@ HELP = {
             "replicating them (DDP); for models that do not fit one device",
     "grad_accum": "micro-batches per optimizer step in each process (under torchrun the global --batch-size is cut "
                   "into processes x grad-accum micro-batches)",
+    "init_from": "start from these weights and this tokenizer: a dlm run or checkpoint (an AR run, for AR-to-diffusion "
+                 "adaptation) or a Qwen2/LLaMA Hugging Face folder; the model's size is theirs, not --preset's",
+    "logit_shift": "masked/block: predict token i from position i - 1, as the AR head does (use with --init-from AR)",
+    "clean_attention": "block: committed text attends to its whole block (block, BD3-LM) or causally (causal, the "
+                       "attention of the AR model it starts from)",
+    "anneal_steps": "masked/block: open the attention inside a block from causal to bidirectional over these first "
+                    "steps (DiffuLLaMA's attention-mask annealing)",
+    "block_warmup_steps": "block: train blocks of 1, 2, 4, ... tokens up to --block-size over these first steps",
 }
+DISTILL_ONLY = ("distill_from", "distill_rounds", "teacher_steps", "distill_divergence", "distill_target")  # `dlm distill`'s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with training settings (flags override it)")
     for f in fields(TrainConfig):
+        if f.name in DISTILL_ONLY:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         kind = type(default)
@@ -53,7 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if f.name not in DISTILL_ONLY and getattr(args, f.name) is not None}
     if overrides.get("steps") and overrides.get("minutes"):
         raise DlmError("give --steps or --minutes, not both")
     if args.resume:

@@ -346,14 +346,16 @@ class Transformer(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor | None = None, *, attention_mask: Tensor | None = None,
                 positions: Tensor | None = None, mask: Tensor | None = None, cache: KVCache | None = None,
-                commit: int = 0) -> Tensor:
+                commit: int = 0, shift_from: Tensor | None = None) -> Tensor:
         """x_t (B, L) token ids (or (B, L, E) vectors when embed_dim > 0), t (B,) noise level in [0, 1],
         attention_mask (B, L) bool (False = padding) -> logits (B, L, V) (or vectors (B, L, E)).
 
         For structured attention (block diffusion, cached decoding) pass `positions` (B, L) and
         `mask` (B or 1, 1, L, Lc + L) bool (True = may attend; the first Lc keys are the cache's).
         `cache` adds cached keys/values before this call's; `commit` = n appends the keys/values of
-        this call's first n tokens to it (the clean tokens of a call that also denoises others)."""
+        this call's first n tokens to it (the clean tokens of a call that also denoises others).
+        `shift_from` (L,) long, for a `logit_shift` model: the position whose final hidden state predicts
+        each position, where the layout is not one sequence (block diffusion's [x_t, bos, x_0]); default i - 1."""
         cfg = self.config
         B, L = x_t.shape[:2]
         causal = cfg.attention == "causal"
@@ -399,13 +401,16 @@ class Transformer(nn.Module):
             cache.valid = real if cache.valid is None else torch.cat([cache.valid, real], dim=1)
         h = self.norm(h)
         if cfg.logit_shift:
-            # Token i is predicted from position i - 1 (the AR model Dream was adapted from); the first
-            # position keeps its own, unless a cache holds the token before it.
-            before = None if cache is None else cache.before  # (B, D) or None
-            first = h[:, :1] if before is None else before[:, None].to(h.dtype)  # (B, 1, D)
+            before = None if cache is None else cache.before  # (B, D) or None: read before this call commits
             if commit:
                 cache.store_hidden(h[:, :commit])
-            h = torch.cat([first, h[:, :-1]], dim=1)  # (B, L, D)
+            if shift_from is not None:
+                h = h[:, shift_from]  # (B, L, D)
+            else:
+                # Token i is predicted from position i - 1 (the AR model Dream was adapted from); the first
+                # position keeps its own, unless a cache holds the token before it.
+                first = h[:, :1] if before is None else before[:, None].to(h.dtype)  # (B, 1, D)
+                h = torch.cat([first, h[:, :-1]], dim=1)  # (B, L, D)
         if temb is not None:
             shift, scale = self.final_modulation(temb)[:, None].chunk(2, dim=-1)  # (B, 1, D)
             h = h * (1 + scale) + shift

@@ -1,8 +1,8 @@
 """Forward (noising) processes and their losses, one file each; PROCESSES maps names to them."""
 
 from dlm.processes.autoregressive import Autoregressive
-from dlm.processes.base import (Denoiser, ForwardProcess, LossOutput, gumbel_noise, low_discrepancy_times,
-                                sample_categorical)
+from dlm.processes.base import (Denoiser, ForwardProcess, LossOutput, Process, gumbel_noise,
+                                low_discrepancy_times, sample_categorical)
 from dlm.processes.block import BlockDiffusion
 from dlm.processes.gaussian import GaussianDiffusion
 from dlm.processes.masked import MaskedDiffusion
@@ -12,5 +12,5 @@ PROCESSES: dict[str, type] = {"masked": MaskedDiffusion, "uniform": UniformDiffu
                               "block": BlockDiffusion, "ar": Autoregressive}
 
 __all__ = ["Autoregressive", "BlockDiffusion", "Denoiser", "ForwardProcess", "GaussianDiffusion", "LossOutput",
-           "MaskedDiffusion", "PROCESSES", "UniformDiffusion", "gumbel_noise", "low_discrepancy_times",
+           "MaskedDiffusion", "PROCESSES", "Process", "UniformDiffusion", "gumbel_noise", "low_discrepancy_times",
            "sample_categorical"]

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dlm.processes.base import Denoiser, LossOutput, index_tensor
+from dlm.processes.base import Denoiser, LossOutput, Process, index_tensor, never_in_text
 
 
-class Autoregressive:
+class Autoregressive(Process):
     name = "ar"
     bound = "exact -log p (autoregressive chain rule)"
     default_sampler = "autoregressive"
@@ -48,8 +48,7 @@ class Autoregressive:
 
     @classmethod
     def from_config(cls, config: dict, *, vocab_size: int, special_ids: dict[str, int]) -> "Autoregressive":
-        banned = tuple(special_ids[k] for k in ("mask", "pad", "bos") if k in special_ids)
-        return cls(vocab_size=vocab_size, bos_id=special_ids["bos"], banned_ids=banned)
+        return cls(vocab_size=vocab_size, bos_id=special_ids["bos"], banned_ids=never_in_text(special_ids))
 
     def prior(self, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
               device: torch.device | str = "cpu") -> Tensor:

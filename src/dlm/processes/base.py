@@ -72,6 +72,28 @@ class ForwardProcess(Protocol):
              generator: torch.Generator | None = None) -> Tensor: ...
 
 
+class Process:
+    """What every process inherits: the defaults of the protocol's optional parts."""
+
+    exact = False  # nelbo is an exact -log p (AR): evaluation then needs one pass per chunk
+    extends_context = False  # its sampler slides a window over a KV cache, so it writes past max_len
+    distills = False  # self-distillation through time applies (absorbing processes: processes/distillation.py)
+    options: tuple[str, ...] = ()  # config keys beyond the common ones that `dlm train` may set (shift, ...)
+
+    def for_step(self, step: int) -> "Process":
+        """The process as it trains at optimizer step `step` (0-based). A curriculum (block diffusion's
+        block-size warm-up and attention annealing) returns a configured copy; by default it is itself."""
+        return self
+
+
+def never_in_text(special_ids: dict[str, int | None]) -> tuple[int, ...]:
+    """The special ids a process gives zero probability: [MASK], and padding and bos, which never occur
+    in training text, unless one of them is also end-of-text (Qwen's bos and pad, LLaDA's pad), which does."""
+    eos = special_ids.get("eos")
+    ids = [special_ids.get("mask")] + [special_ids.get(k) for k in ("pad", "bos") if special_ids.get(k) != eos]
+    return tuple(dict.fromkeys(i for i in ids if i is not None))
+
+
 @functools.lru_cache(maxsize=64)
 def _index_on(ids: tuple[int, ...], device: torch.device) -> Tensor:
     return torch.tensor(ids, dtype=torch.long, device=device)

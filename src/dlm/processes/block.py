@@ -13,17 +13,33 @@ the mask
     clean query in block k  -> clean keys of blocks <= k          (block-causal)
 
 so the clean half builds exactly the keys and values that the sampler later caches.
+
+Starting from an AR model (Fast-dLLM v2, Wu et al., 2025; SDAR, Cheng et al., 2025; Dream and
+DiffuLLaMA, Gong et al., 2024) three options keep what the AR model knows:
+
+- `shift`: token i is predicted from the final hidden state of position i - 1 (the AR head's
+  meaning), and the clean stream starts with bos, so the first token has a position to be
+  predicted from. The first token of block k is predicted from the *clean* token before it (the
+  hidden state the sampler caches when it commits block k - 1), the others from the noisy block.
+  With blocks of one token and a causal clean stream this is the AR model exactly.
+- `clean="causal"`: a clean query sees the clean tokens up to itself (the AR model's attention)
+  instead of its whole block (BD3-LM's block-causal stream).
+- a curriculum (`for_step`): the noisy block's attention to later positions of its own block
+  is switched on at random with a probability that rises from 0 to 1 over `anneal_steps`
+  (DiffuLLaMA's attention-mask annealing), and the block size grows 1, 2, 4, ... up to
+  `block_size` over `warmup_steps` (LLaDA 2.0's block-size warm-up).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dlm.processes.base import Denoiser, LossOutput, low_discrepancy_times
+from dlm.processes.base import Denoiser, LossOutput, Process, low_discrepancy_times
 from dlm.processes.masked import MaskedDiffusion
 from dlm.schedules import Schedule, make_schedule, schedule_to_dict
 
@@ -36,23 +52,63 @@ def block_ids(length: int, block_size: int, *, start: int = 0, device=None) -> T
     return torch.div(torch.arange(length, device=device) - start, block_size, rounding_mode="floor")
 
 
+CLEAN_ATTENTION = ("block", "causal")
+
+
 def training_mask(length: int, block_size: int, attention_mask: Tensor | None = None,
-                  device=None) -> Tensor:
-    """The (B or 1, 1, 2L, 2L) bool mask of [x_t, x_0] described in the module docstring."""
+                  device=None, *, clean: str = "block", bos: bool = False, ahead: Tensor | None = None) -> Tensor:
+    """The (B or 1, 1, N, N) bool mask of [x_t, x_0] (N = 2L), or of [x_t, bos, x_0] (N = 2L + 1) with
+    `bos`, described in the module docstring. `clean`: "block" or "causal" clean stream. `ahead`
+    (L, L) bool: which later positions of its own block a noisy query may see (attention annealing;
+    None = all of them)."""
     blk = block_ids(length, block_size, device=device)  # (L,)
     same = blk[:, None] == blk[None, :]  # (L, L)
     before = blk[:, None] > blk[None, :]  # (L, L): key block strictly earlier than the query's
-    noisy_rows = torch.cat([same, before], dim=1)  # (L, 2L)
-    clean_rows = torch.cat([torch.zeros_like(same), same | before], dim=1)  # (L, 2L)
-    mask = torch.cat([noisy_rows, clean_rows], dim=0)[None, None]  # (1, 1, 2L, 2L)
+    upto = torch.ones(length, length, dtype=torch.bool, device=device).tril()  # (L, L): key at or before the query
+    noisy_noisy = same if ahead is None else same & (upto | ahead)
+    clean_clean = (same | before) if clean == "block" else upto
+    noisy_rows = [noisy_noisy, before]  # keys: noisy, clean
+    clean_rows = [torch.zeros_like(same), clean_clean]
+    if bos:  # one more key between the halves, seen by every query; the bos query sees only itself
+        ones = torch.ones(length, 1, dtype=torch.bool, device=device)
+        noisy_rows.insert(1, ones)
+        clean_rows.insert(1, ones)
+    rows = [torch.cat(noisy_rows, dim=1), torch.cat(clean_rows, dim=1)]  # (L, N) each
+    if bos:
+        n = 2 * length + 1
+        rows.insert(1, (torch.arange(n, device=device) == length)[None])  # (1, N)
+    mask = torch.cat(rows, dim=0)[None, None]  # (1, 1, N, N)
     if attention_mask is not None:
-        keys = torch.cat([attention_mask, attention_mask], dim=1)  # (B, 2L)
+        parts = [attention_mask, attention_mask]
+        if bos:
+            parts.insert(1, torch.ones_like(attention_mask[:, :1]))
+        keys = torch.cat(parts, dim=1)  # (B, N)
         mask = mask & keys[:, None, None, :]
-        mask = mask | torch.eye(2 * length, dtype=torch.bool, device=device)  # padding attends itself: no empty rows
+        mask = mask | torch.eye(keys.shape[1], dtype=torch.bool, device=device)  # padding attends itself: no empty rows
     return mask
 
 
-class BlockDiffusion:
+def shift_sources(length: int, block_size: int, device=None) -> Tensor:
+    """For a `shift` model on [x_t, bos, x_0]: the position whose hidden state predicts each of the
+    2L + 1 positions; (2L + 1,). Noisy token p: the noisy token p - 1 inside its block; for the first
+    token of a block, the clean token p - 1 (index L + p; bos at index L for p = 0). Clean token j: the
+    clean token j - 1 (bos for j = 0), as an AR model; bos predicts nothing and points at itself."""
+    p = torch.arange(length, device=device)
+    noisy = torch.where(p % block_size == 0, length + p, p - 1)  # (L,)
+    clean = length + p  # (L,): index of the clean token before (L + 1 + p - 1)
+    return torch.cat([noisy, torch.tensor([length], device=device), clean])
+
+
+def warmup_sizes(block_size: int) -> list[int]:
+    """The block sizes of the warm-up: 1, 2, 4, ... below block_size, then block_size."""
+    sizes, b = [], 1
+    while b < block_size:
+        sizes.append(b)
+        b *= 2
+    return sizes + [block_size]
+
+
+class BlockDiffusion(Process):
     name = "block"
     bound = "NELBO (upper bound on -log p), masked diffusion within blocks"
     default_sampler = "block"
@@ -60,39 +116,74 @@ class BlockDiffusion:
     infills = False  # a block sees only the text before it
     absorbing = True  # within a block: the masked process
     extends_context = True  # the sampler slides a window over its cache: it can write past max_len
+    distills = True  # self-distillation through time applies, inside each block (processes/distillation.py)
+    options = ("shift", "clean", "anneal_steps", "warmup_steps")  # see the module docstring
     TRAINING_DEFAULTS = MaskedDiffusion.TRAINING_DEFAULTS
     schedules = MaskedDiffusion.schedules
 
     def __init__(self, *, vocab_size: int, mask_id: int, pad_id: int | None = None, bos_id: int | None = None,
-                 block_size: int = 16,
-                 schedule: Schedule | None = None, time_eps: float = 1e-3, objective: str = "nelbo"):
+                 eos_id: int | None = None, block_size: int = 16,
+                 schedule: Schedule | None = None, time_eps: float = 1e-3, objective: str = "nelbo",
+                 shift: bool = False, clean: str = "block", anneal_steps: int = 0, warmup_steps: int = 0):
+        """`shift`, `clean`, `anneal_steps` and `warmup_steps`: see the module docstring (the last two
+        act in training only, through `for_step`). Padding and bos get zero probability unless they are
+        end-of-text (`eos_id`), which text contains."""
         if block_size < 1:
             raise ValueError(f"block_size must be at least 1, got {block_size}")
-        self.masked = MaskedDiffusion(vocab_size=vocab_size, mask_id=mask_id, pad_id=pad_id, bos_id=bos_id,
-                                      schedule=schedule,
+        if clean not in CLEAN_ATTENTION:
+            raise ValueError(f"clean attention must be one of {CLEAN_ATTENTION}, got {clean!r}")
+        if anneal_steps < 0 or warmup_steps < 0:
+            raise ValueError("anneal_steps and warmup_steps must not be negative")
+        if shift and bos_id is None:
+            raise ValueError("a shifted block model starts its clean stream with bos: the tokenizer needs one")
+        self.masked = MaskedDiffusion(vocab_size=vocab_size, mask_id=mask_id, pad_id=pad_id if pad_id != eos_id else None,
+                                      bos_id=bos_id if bos_id != eos_id else None, schedule=schedule,
                                       time_eps=time_eps, objective=objective)
         self.vocab_size, self.mask_id, self.block_size = vocab_size, mask_id, block_size
+        self.pad_id, self.bos_id = pad_id, bos_id
+        self.shift, self.clean = shift, clean
+        self.anneal_steps, self.warmup_steps = anneal_steps, warmup_steps
+        self.ahead_probability = 1.0  # training: chance that a noisy query sees a later position of its block
 
     schedule = property(lambda self: self.masked.schedule)
     objective = property(lambda self: self.masked.objective)
 
     def __repr__(self) -> str:
-        return f"BlockDiffusion(block_size={self.block_size}, schedule={self.schedule}, objective={self.objective!r})"
+        extra = f", shift=True, clean={self.clean!r}" if self.shift else (
+            f", clean={self.clean!r}" if self.clean != "block" else "")
+        return (f"BlockDiffusion(block_size={self.block_size}, schedule={self.schedule}, "
+                f"objective={self.objective!r}{extra})")
 
     def model_options(self) -> dict:
         # The process passes its own block mask; "bidirectional" is what the model does without one.
-        return {"attention": "bidirectional", "time_conditioning": False}
+        return {"attention": "bidirectional", "time_conditioning": False, "logit_shift": self.shift}
 
     def config(self) -> dict:
         return {"name": self.name, "block_size": self.block_size, "schedule": schedule_to_dict(self.schedule),
-                "time_eps": self.masked.time_eps, "objective": self.objective}
+                "time_eps": self.masked.time_eps, "objective": self.objective, "shift": self.shift,
+                "clean": self.clean, "anneal_steps": self.anneal_steps, "warmup_steps": self.warmup_steps}
 
     @classmethod
     def from_config(cls, config: dict, *, vocab_size: int, special_ids: dict[str, int]) -> "BlockDiffusion":
         return cls(vocab_size=vocab_size, mask_id=special_ids["mask"], pad_id=special_ids.get("pad"),
-                   bos_id=special_ids.get("bos"), block_size=int(config.get("block_size", 16)),
+                   bos_id=special_ids.get("bos"), eos_id=special_ids.get("eos"),
+                   block_size=int(config.get("block_size", 16)),
                    schedule=make_schedule(**config.get("schedule", {"name": "linear"})),
-                   time_eps=config.get("time_eps", 1e-3), objective=config.get("objective", "nelbo"))
+                   time_eps=config.get("time_eps", 1e-3), objective=config.get("objective", "nelbo"),
+                   shift=bool(config.get("shift", False)), clean=config.get("clean", "block"),
+                   anneal_steps=int(config.get("anneal_steps", 0)), warmup_steps=int(config.get("warmup_steps", 0)))
+
+    def for_step(self, step: int) -> "BlockDiffusion":
+        """The process at training step `step`: the warm-up's block size, the annealing's probability."""
+        if not self.anneal_steps and not self.warmup_steps:
+            return self
+        out = copy.copy(self)
+        if self.warmup_steps and step < self.warmup_steps:
+            sizes = warmup_sizes(self.block_size)
+            out.block_size = sizes[step * len(sizes) // self.warmup_steps]
+        if self.anneal_steps:
+            out.ahead_probability = min(1.0, (step + 1) / self.anneal_steps)
+        return out
 
     # -- the masked process inside a block -----------------------------------------------
     def prior(self, shape, *, generator=None, device="cpu") -> Tensor:
@@ -119,18 +210,51 @@ class BlockDiffusion:
     def num_blocks(self, length: int) -> int:
         return -(-length // self.block_size)
 
+    # -- what self-distillation asks of an absorbing process ---------------------------
+    def time_count(self, batch: int, length: int) -> int:
+        """One noise level per block."""
+        return batch * self.num_blocks(length)
+
+    def token_times(self, t: Tensor, length: int) -> Tensor:
+        """(B, K) block times (or (B,)) -> (B, L)."""
+        t = self.per_token(t, length)
+        return t[:, None].expand(-1, length) if t.dim() == 1 else t
+
+    def unmask_probability(self, t: Tensor, s: Tensor) -> Tensor:
+        return self.masked.unmask_probability(t, s)
+
+    def predict(self, denoiser: Denoiser, x_t: Tensor, x0: Tensor, t: Tensor, *,
+                attention_mask: Tensor | None = None) -> Tensor:
+        """Logits (B, L, V) of each noisy block given the clean blocks of x0 before it."""
+        return self.denoise(denoiser, x_t, x0, attention_mask)
+
     # -- the denoiser on [x_t, x_0] ------------------------------------------------------
-    def denoise(self, denoiser: Denoiser, x_t: Tensor, x0: Tensor, attention_mask: Tensor | None) -> Tensor:
-        """Logits for the noisy half (B, L, V) from one pass over [x_t, x_0] (B, 2L)."""
+    def denoise(self, denoiser: Denoiser, x_t: Tensor, x0: Tensor, attention_mask: Tensor | None,
+                generator: torch.Generator | None = None) -> Tensor:
+        """Logits for the noisy half (B, L, V) from one pass over [x_t, x_0] (B, 2L), or over
+        [x_t, bos, x_0] (B, 2L + 1) for a shifted model. While attention is annealed (training),
+        the noisy queries' view of later positions in their block is drawn from `generator`."""
         B, L = x0.shape
+        device = x0.device
         if attention_mask is None:
-            positions = torch.arange(L, device=x0.device).expand(B, L)  # (B, L)
+            positions = torch.arange(L, device=device).expand(B, L)  # (B, L)
         else:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        mask = training_mask(L, self.block_size, attention_mask, device=x0.device)
-        t = torch.zeros(B, device=x0.device)  # the masked denoiser reads the noise level off the canvas
-        logits = denoiser(torch.cat([x_t, x0], dim=1), t, positions=torch.cat([positions, positions], dim=1),
-                          mask=mask)  # (B, 2L, V)
+        ahead = None
+        if self.ahead_probability < 1.0:  # one draw for the batch and every head (DiffuLLaMA)
+            ahead = torch.rand(L, L, generator=generator, device=device) < self.ahead_probability  # (L, L)
+        mask = training_mask(L, self.block_size, attention_mask, device=device, clean=self.clean, bos=self.shift,
+                             ahead=ahead)
+        t = torch.zeros(B, device=device)  # the masked denoiser reads the noise level off the canvas
+        if not self.shift:
+            logits = denoiser(torch.cat([x_t, x0], dim=1), t, positions=torch.cat([positions, positions], dim=1),
+                              mask=mask)  # (B, 2L, V)
+            return logits[:, :L]
+        bos = torch.full_like(x0[:, :1], self.bos_id)  # (B, 1) at position 0; the tokens move one place on
+        tokens = torch.cat([x_t, bos, x0], dim=1)  # (B, 2L + 1)
+        places = torch.cat([positions + 1, torch.zeros_like(bos), positions + 1], dim=1)  # (B, 2L + 1)
+        logits = denoiser(tokens, t, positions=places, mask=mask,
+                          shift_from=shift_sources(L, self.block_size, device=device))  # (B, 2L + 1, V)
         return logits[:, :L]
 
     # -- objective ---------------------------------------------------------------------
@@ -149,7 +273,7 @@ class BlockDiffusion:
         tok_t = self.per_token(t, L)  # (B, L)
         x_t = self.corrupt(x0, t, loss_mask=loss_mask, generator=generator)
         masked = (x_t == self.mask_id) & loss_mask  # (B, L): a [MASK] in the condition (dropped prompt) is not scored
-        logits = self.denoise(denoiser, x_t, x0, attention_mask)
+        logits = self.denoise(denoiser, x_t, x0, attention_mask, generator=generator)
         ce = F.cross_entropy(self.x0_logits(logits[masked]), x0[masked], reduction="none")  # (N_masked,)
         weight = self.masked.nelbo_weight(tok_t)  # (B, L) float64
         nelbo = torch.zeros(B, dtype=torch.float64, device=x0.device).index_put_(

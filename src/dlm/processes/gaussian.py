@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dlm.processes.base import LossOutput, index_tensor, low_discrepancy_times
+from dlm.processes.base import LossOutput, Process, index_tensor, low_discrepancy_times, never_in_text
 
 ALPHA_BAR_MIN = 1e-4  # ab(1) for both schedules: lambda(1) = log(1e-4 / (1 - 1e-4)) ~ -9.2
 
@@ -171,7 +171,7 @@ def make_gaussian_schedule(spec: str | dict | None = None) -> GaussianSchedule:
 
 
 # -- the process --------------------------------------------------------------------------
-class GaussianDiffusion:
+class GaussianDiffusion(Process):
     name = "gaussian"
     attention = "bidirectional"
     bound = "variational bound (VDM, Kingma et al. 2021) on -log p, with the rounding decoder"
@@ -218,7 +218,7 @@ class GaussianDiffusion:
     def from_config(cls, config: dict, *, vocab_size: int, special_ids: dict[str, int]) -> "GaussianDiffusion":
         """Inverse of config(); keys other processes use ("objective", "block_size") are ignored.
         special_ids maps "mask", "pad", "bos" to the tokenizer's ids: they are banned."""
-        banned = tuple(special_ids[k] for k in ("mask", "pad", "bos") if k in special_ids)
+        banned = never_in_text(special_ids)
         return cls(vocab_size=vocab_size, embed_dim=int(config.get("embed_dim", 16)),
                    schedule=make_gaussian_schedule(config.get("schedule")),
                    time_eps=float(config.get("time_eps", 0.0)), banned_ids=banned)

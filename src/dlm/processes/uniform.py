@@ -25,11 +25,12 @@ import math
 import torch
 from torch import Tensor
 
-from dlm.processes.base import Denoiser, LossOutput, low_discrepancy_times, sample_categorical
+from dlm.processes.base import (Denoiser, LossOutput, Process, low_discrepancy_times, never_in_text,
+                                sample_categorical)
 from dlm.schedules import SCHEDULES, LinearSchedule, Schedule, make_schedule, schedule_to_dict
 
 
-class UniformDiffusion:
+class UniformDiffusion(Process):
     name = "uniform"
     bound = "NELBO (upper bound on -log p): the integral from t = eps plus the reconstruction at eps"
     default_sampler = "ancestral"
@@ -88,7 +89,7 @@ class UniformDiffusion:
     def from_config(cls, config: dict, *, vocab_size: int, special_ids: dict[str, int]) -> "UniformDiffusion":
         """Inverse of config(); the noise states are every id but special_ids "mask", "pad" and "bos".
         Keys that belong to other processes ("objective", "block_size") are ignored."""
-        excluded = {special_ids[k] for k in ("mask", "pad", "bos") if k in special_ids}  # never in training text
+        excluded = set(never_in_text(special_ids))  # never in training text
         return cls(vocab_size=vocab_size, noise_ids=[v for v in range(vocab_size) if v not in excluded],
                    schedule=make_schedule(**config.get("schedule", {"name": "linear"})),
                    time_eps=config.get("time_eps", 1e-3))

@@ -26,8 +26,9 @@ from dlm.processes.base import Denoiser, ForwardProcess
 from dlm.processes.block import block_ids
 from dlm.sampling.ancestral import depends_on_time
 from dlm.sampling.canvas import Canvas
-from dlm.sampling.categorical import check_knobs, filter_logits
-from dlm.sampling.confidence import block_steps
+from dlm.sampling.categorical import check_knobs, draw, filter_logits
+from dlm.sampling.confidence import (CONFIDENCE_RULES, block_steps, confidence_scores, select_commits,
+                                     transfer_counts)
 from dlm.sampling.result import Callback, SampleOutput, StepRecorder
 
 
@@ -47,24 +48,55 @@ def generation_start(canvas: Canvas, what: str) -> int:
 @torch.no_grad()
 def sample_blocks(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas, *, steps: int,
                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                  threshold: float | None = None, factor: float | None = None, confidence: str | None = None,
+                  sub_block: int | None = None,
                   generator: torch.Generator | None = None, callback: Callback | None = None,
                   record_history: bool = False, use_cache: bool = True, window: int | None = None) -> SampleOutput:
     """Generate the canvas's editable suffix block by block; `steps` in all, split over the blocks.
+
+    Inside a block, by default, exact masked reverse steps (random order). With `confidence` (a
+    rule of the confidence sampler: prob, margin, entropy) or `threshold` / `factor` (which imply
+    "prob"), each step draws every masked position of the block and commits the surest (LLaDA's
+    order), at least the step budget's share, plus every position surer than `threshold` (or
+    Fast-dLLM's `factor` count), so a sure model commits several tokens per pass and a block may
+    finish before its steps run out. `sub_block` (Fast-dLLM v2) commits only inside the first
+    sub-block of this many tokens that still has masks, while the pass reads the whole block.
 
     `window`: the most tokens a block attends to before itself (default: the model's max_len
     minus the block size, when the denoiser has a config; no limit otherwise)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     check_knobs(temperature=temperature, top_k=top_k, top_p=top_p)
+    if threshold is not None and factor is not None:
+        raise ValueError("use either a threshold or a factor, not both")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if factor is not None and factor <= 0:
+        raise ValueError(f"factor must be positive, got {factor}")
+    if confidence is None and (threshold is not None or factor is not None):
+        confidence = "prob"
+    if confidence is not None and confidence not in CONFIDENCE_RULES:
+        raise ValueError(f"confidence must be one of {CONFIDENCE_RULES}, got {confidence!r}")
+    if sub_block is not None and sub_block < 1:
+        raise ValueError(f"sub_block must be >= 1, got {sub_block}")
     start_time = time.perf_counter()
     b = process.block_size
+    shift = getattr(process, "shift", False)
+    clean_causal = getattr(process, "clean", "block") == "causal"
+    g = generation_start(canvas, "block diffusion")
+    if shift:  # the clean stream starts with bos, at position 0, as in training
+        canvas = with_bos(canvas, process.bos_id)
+        g += 1
     B, L = canvas.shape
     device = canvas.tokens.device
-    g = generation_start(canvas, "block diffusion")
     n_blocks = -(-(L - g) // b)
     if steps < n_blocks:
         raise ValueError(f"{n_blocks} blocks need at least {n_blocks} steps (one per block), got {steps}")
     per_block = block_steps(steps, n_blocks) if n_blocks else []
+    subs = -(-b // sub_block) if sub_block else 1  # sub-blocks per (whole) block
+    if confidence is not None and min(per_block, default=subs) < subs:
+        raise ValueError(f"{steps} steps give {min(per_block)} per block, fewer than its {subs} sub-blocks of "
+                         f"{sub_block}; use at least {n_blocks * subs} steps or a larger sub-block")
     config = getattr(denoiser, "config", None)
     if window is None and config is not None:
         window = max(config.max_len - b, 0)
@@ -75,7 +107,9 @@ def sample_blocks(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas, *
     pending = slice(max(0, g - window) if window is not None else 0, g)  # clean columns not yet in the cache (the prompt, then each finished block)
     reuse = not depends_on_time(denoiser)
     nfe, step = 0, 0
-    record = StepRecorder(canvas, steps=steps, callback=callback, record_history=record_history, start=start_time)
+    record = StepRecorder(canvas if not shift else without_bos(canvas), steps=steps, callback=callback,
+                          record_history=record_history, start=start_time)
+    unpad = (lambda z: z[:, 1:]) if shift else (lambda z: z)  # the caller's columns
 
     def forward(lo: int, hi: int, t: Tensor) -> Tensor:
         """Logits of columns [lo, hi) (the block being denoised), given the clean columns before."""
@@ -91,9 +125,14 @@ def sample_blocks(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas, *
         real = canvas.attention_mask[:, ctx_lo:hi]  # (B, n)
         q_blk = blk[ctx_lo:hi]  # (n,)
         clean = cols < lo  # (n,)
-        # clean query -> clean keys of blocks <= its own; noisy query -> clean keys + its own block
-        allowed = torch.where(clean[:, None], clean[None, :] & (q_blk[None, :] <= q_blk[:, None]),
+        # clean query -> clean keys up to itself (causal) or of blocks <= its own; noisy query -> clean keys
+        # + its own block
+        clean_rule = (cols[None, :] <= cols[:, None]) if clean_causal else (q_blk[None, :] <= q_blk[:, None])
+        allowed = torch.where(clean[:, None], clean[None, :] & clean_rule,
                               ~clean[None, :] | (q_blk[None, :] < q_blk[:, None]))  # (n, n)
+        if shift and ctx_lo == 0:  # bos sees only itself, and every query sees bos (as in training)
+            allowed[0] = cols == 0
+            allowed[:, 0] = True
         mask = torch.cat([cached[:, None, :].expand(B, len(cols), -1), allowed[None].expand(B, -1, -1)], dim=2)
         mask = mask & torch.cat([cached, real], dim=1)[:, None, :]
         mask[:, :, cached.shape[1]:] |= torch.eye(len(cols), dtype=torch.bool, device=device)  # padding sees itself
@@ -111,24 +150,65 @@ def sample_blocks(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas, *
         lo, hi = g + k * b, min(g + (k + 1) * b, L)
         x[:, lo:hi] = torch.where(canvas.editable[:, lo:hi],
                                   process.prior((B, hi - lo), generator=generator, device=device), x[:, lo:hi])
-        grid = torch.linspace(1.0, 0.0, per_block[k] + 1, dtype=torch.float64)  # host copy for the callback's t
-        times = grid.to(device)  # one copy per block, not two per step
-        logits = None
-        for i in range(per_block[k]):
-            t, s = times[i].expand(B), times[i + 1].expand(B)
-            if logits is None or not reuse:
-                logits = forward(lo, hi, t.float())
-                nfe += 1
-            proposal = filter_logits(process.x0_logits(logits), temperature=temperature, top_k=top_k, top_p=top_p)
-            new = process.step(x[:, lo:hi], proposal, t, s, generator=generator)
-            new = torch.where(canvas.editable[:, lo:hi], new, x[:, lo:hi])
-            changed = torch.zeros_like(canvas.editable)
-            changed[:, lo:hi] = new != x[:, lo:hi]
-            if bool(changed.any()):
-                logits = None
-            x[:, lo:hi] = new
-            step += 1
-            record.step(step, x, changed, nfe=nfe, t=float(grid[i + 1]))
+        if confidence is None:
+            grid = torch.linspace(1.0, 0.0, per_block[k] + 1, dtype=torch.float64)  # host copy for the callback's t
+            times = grid.to(device)  # one copy per block, not two per step
+            logits = None
+            for i in range(per_block[k]):
+                t, s = times[i].expand(B), times[i + 1].expand(B)
+                if logits is None or not reuse:
+                    logits = forward(lo, hi, t.float())
+                    nfe += 1
+                proposal = filter_logits(process.x0_logits(logits), temperature=temperature, top_k=top_k,
+                                         top_p=top_p)
+                new = process.step(x[:, lo:hi], proposal, t, s, generator=generator)
+                new = torch.where(canvas.editable[:, lo:hi], new, x[:, lo:hi])
+                changed = torch.zeros_like(canvas.editable)
+                changed[:, lo:hi] = new != x[:, lo:hi]
+                if bool(changed.any()):
+                    logits = None
+                x[:, lo:hi] = new
+                step += 1
+                record.step(step, unpad(x), unpad(changed), nfe=nfe, t=float(grid[i + 1]))
+        else:  # the surest first, sub-block by sub-block
+            width = sub_block or b
+            for j, steps_j in enumerate(block_steps(per_block[k], subs)):
+                s_lo, s_hi = min(lo + j * width, hi), min(lo + (j + 1) * width, hi)
+                span = torch.zeros(hi - lo, dtype=torch.bool, device=device)
+                span[s_lo - lo:s_hi - lo] = True
+                open_now = lambda: (x[:, lo:hi] == process.mask_id) & canvas.editable[:, lo:hi] & span  # noqa: E731
+                counts = transfer_counts(open_now().sum(1), steps_j)  # (B, steps_j)
+                for i in range(steps_j):
+                    still = open_now()  # (B, n)
+                    if not bool(still.any()):
+                        break  # this sub-block is done: its remaining steps cost nothing
+                    remaining = (x[:, lo:hi] == process.mask_id).float().mean(1)  # (B,) the block's masked share
+                    logits = process.x0_logits(forward(lo, hi, remaining))  # (B, n, V)
+                    nfe += 1
+                    x0 = draw(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+                    p = torch.softmax(logits.double(), dim=-1)  # (B, n, V)
+                    conf = confidence_scores(p, x0, confidence, generator=generator)  # (B, n)
+                    commit = select_commits(conf, still, counts[:, i], threshold=threshold, factor=factor)
+                    x[:, lo:hi] = torch.where(commit, x0, x[:, lo:hi])
+                    changed = torch.zeros_like(canvas.editable)
+                    changed[:, lo:hi] = commit
+                    scores = torch.zeros(B, L, dtype=conf.dtype, device=device)
+                    scores[:, lo:hi] = conf
+                    step += 1
+                    record.step(step, unpad(x), unpad(changed), nfe=nfe, confidence=unpad(scores),
+                                t=lambda: float((x[:, g:] == process.mask_id).float().mean()))
         if use_cache:
             pending = slice(pending.start, hi)  # the finished block joins the clean context
-    return record.output(x, nfe=nfe, steps=step)
+    return record.output(unpad(x), nfe=nfe, steps=step)
+
+
+def with_bos(canvas: Canvas, bos_id: int) -> Canvas:
+    """The canvas with a bos column in front: fixed, real, at position 0 of every row."""
+    B = canvas.shape[0]
+    ones = torch.ones(B, 1, dtype=torch.bool, device=canvas.tokens.device)
+    return Canvas(torch.cat([torch.full((B, 1), bos_id, dtype=torch.long, device=ones.device), canvas.tokens], 1),
+                  torch.cat([~ones, canvas.editable], 1), torch.cat([ones, canvas.attention_mask], 1))
+
+
+def without_bos(canvas: Canvas) -> Canvas:
+    return Canvas(canvas.tokens[:, 1:], canvas.editable[:, 1:], canvas.attention_mask[:, 1:])

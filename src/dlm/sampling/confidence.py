@@ -102,6 +102,25 @@ def factor_counts(scores: Tensor, candidates: Tensor, factor: float) -> Tensor:
     return torch.maximum(largest, candidates.any(-1).long())
 
 
+def select_commits(confidence: Tensor, open_positions: Tensor, k_rows: Tensor, *, threshold: float | None = None,
+                   factor: float | None = None) -> Tensor:
+    """Which open positions a step commits; (B, L) bool. Each row commits its k most confident open
+    positions (k_rows (B,), the step budget); `threshold` adds every open position surer than it, at
+    least one (Fast-dLLM, sec. 3.3); `factor` adds Fast-dLLM's factor count instead."""
+    candidates = torch.where(open_positions, confidence, float("-inf"))  # (B, L)
+    if threshold is not None:  # every sure position, at least one
+        sure = (open_positions & (confidence > threshold)).sum(1)
+        k_rows = torch.maximum(k_rows, torch.maximum(sure, open_positions.any(1).long()))
+    elif factor is not None:
+        k_rows = torch.maximum(k_rows, factor_counts(confidence, open_positions, factor))
+    k_rows = torch.minimum(k_rows, open_positions.sum(1))
+    changed = torch.zeros_like(open_positions)
+    for row, k in enumerate(k_rows.tolist()):  # per row, as LLaDA does, so that ties break the same
+        if k:  # way; the counts come to the host once per step, not once per row
+            changed[row, candidates[row].topk(k).indices] = True
+    return changed
+
+
 def block_steps(steps: int, num_blocks: int) -> list[int]:
     """Split the step budget over blocks: S // N each (as LLaDA), the remainder to the first blocks."""
     return [steps // num_blocks + (b < steps % num_blocks) for b in range(num_blocks)]
@@ -189,17 +208,7 @@ def sample_confidence(denoiser: Denoiser, process: MaskedDiffusion, canvas: Canv
                 x0 = draw(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)  # (B, L)
                 p = torch.softmax(logits.double(), dim=-1)  # (B, L, V)
                 confidence = confidence_scores(p, x0, confidence_rule, generator=generator)  # (B, L)
-                candidates = torch.where(open_in_block, confidence, float("-inf"))  # (B, L)
-                k_rows = counts[:, i]  # (B,) what the step budget asks for
-                if threshold is not None:  # every sure position, at least one
-                    sure = (open_in_block & (confidence > threshold)).sum(1)
-                    k_rows = torch.maximum(k_rows, torch.maximum(sure, open_in_block.any(1).long()))
-                elif factor is not None:
-                    k_rows = torch.maximum(k_rows, factor_counts(confidence, open_in_block, factor))
-                k_rows = torch.minimum(k_rows, open_in_block.sum(1))
-                for row, k in enumerate(k_rows.tolist()):  # per row, as LLaDA does, so that ties break the same
-                    if k:  # way; the counts come to the host once per step, not once per row
-                        changed[row, candidates[row].topk(k).indices] = True
+                changed = select_commits(confidence, open_in_block, counts[:, i], threshold=threshold, factor=factor)
                 x = torch.where(changed, x0, x)
             record.step(step_index, x, changed, nfe=nfe, confidence=confidence,  # t: the masked share left
                         t=lambda: float((editable & (x == mask_id)).sum() / editable.sum().clamp(min=1)))

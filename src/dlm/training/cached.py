@@ -28,7 +28,8 @@ def ensure_trained(config: TrainConfig, *, progress: bool = False, log: Callable
     if (run_dir / "latest").exists():
         try:
             ckpt = load_checkpoint(run_dir, device=device)
-            same = ckpt.config.get("train") == config.to_dict()
+            # through from_dict, so that a setting added since the run was trained counts at its default
+            same = TrainConfig.from_dict(ckpt.config.get("train") or {}).to_dict() == config.to_dict()
         except DlmError:
             same, ckpt = False, None
         if same and ckpt.metrics.get("final"):

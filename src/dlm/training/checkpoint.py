@@ -81,6 +81,21 @@ def read_config(folder: Path, config: dict | None = None) -> dict:
     return config
 
 
+def read_tokenizer(folder: Path, config: dict) -> Tokenizer:
+    """The tokenizer.json of a dlm checkpoint folder whose config.json is `config`. Its special ids are
+    the ones config.json's "tokenizer" entry stores: a run started from another model's tokenizer (a
+    Qwen2 or LLaMA folder) has none of dlm's special strings to look up. A config.json written before
+    that entry existed holds a dlm-made tokenizer, whose ids are looked up by those strings."""
+    if not (folder / "tokenizer.json").exists():
+        raise DlmError(f"{folder} has no tokenizer.json; the checkpoint is incomplete (a folder written by "
+                       f"transformers' model.save_pretrained also needs tokenizer.save_pretrained)")
+    stored = config.get("tokenizer")
+    specials = None
+    if isinstance(stored, dict) and stored.get("mask") is not None and stored.get("eos") is not None:
+        specials = {k: stored.get(k) for k in ("mask", "eos", "pad", "bos")}
+    return Tokenizer.load(folder / "tokenizer.json", specials=specials)
+
+
 def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu",
                     dtype: torch.dtype | None = None) -> Checkpoint:
     """Load the model (EMA weights when trained with EMA), process and tokenizer of a checkpoint;
@@ -96,10 +111,7 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu",
         return Checkpoint(path=folder, model=loaded.model, process=loaded.process, tokenizer=loaded.tokenizer,
                           config=loaded.config)
     config = read_config(folder, config)
-    if not (folder / "tokenizer.json").exists():
-        raise DlmError(f"{folder} has no tokenizer.json; the checkpoint is incomplete (a folder written by "
-                       f"transformers' model.save_pretrained also needs tokenizer.save_pretrained)")
-    tokenizer = Tokenizer.load(folder / "tokenizer.json")
+    tokenizer = read_tokenizer(folder, config)
     try:
         model_config = ModelConfig(**config["model"])
         process_config = dict(config["process"])

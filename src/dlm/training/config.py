@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from dlm.errors import DlmError
+from dlm.processes.distillation import DIVERGENCES, TARGETS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -14,6 +15,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PRECISIONS = ("auto", "bf16", "fp32")
+
 RESUME_MAY_CHANGE = ("fsdp", "threads", "compile")  # how a run executes, not what it computes: --resume may change them
 
 
@@ -28,6 +30,18 @@ class TrainConfig:
     block_size: int = 16  # block diffusion only: tokens per block (1 = AR, seq_len = masked diffusion)
     cond_drop: float = 0.0  # prompt/response data: probability that a prompt is replaced by [MASK]s (for guidance)
     preset: str = "tiny"  # model size: tiny (~1M), small (~10M), base (~40M)
+    # starting from another model (AR-to-diffusion adaptation: Dream, DiffuLLaMA, Fast-dLLM v2, SDAR)
+    init_from: str = ""  # its weights and tokenizer: a dlm run or checkpoint, or a Qwen2/LLaMA Hugging Face folder
+    logit_shift: bool = False  # masked/block: token i is predicted from position i - 1, as the AR head predicts
+    clean_attention: str = "block"  # block: clean text sees its whole block ("block", BD3-LM) or itself and before ("causal")
+    anneal_steps: int = 0  # masked/block: attention within a block opens from causal to bidirectional over these steps
+    block_warmup_steps: int = 0  # block: block sizes 1, 2, 4, ... up to block_size over these first steps
+    # self-distillation through time (dlm distill)
+    distill_from: str = ""  # the teacher: a masked or block diffusion checkpoint (the student starts from it)
+    distill_rounds: int = 0  # each round halves the sampling steps
+    teacher_steps: int = 0  # the teacher's sampling steps in round 0 (per block for block diffusion)
+    distill_divergence: str = "reverse_kl"  # reverse_kl = KL(student || target), as SDTT; or forward_kl
+    distill_target: str = "composition"  # composition: the teacher's two steps exactly; sdtt: SDTT's released target
     data: str = "shakespeare"  # built-in corpus name or a path (.txt, folder of .txt, .jsonl)
     tokenizer: str = "char"  # "char" or "bpe"
     vocab_size: int = 4096  # BPE only
@@ -76,6 +90,21 @@ class TrainConfig:
             raise DlmError(f"block_size must be at least 1, got {self.block_size}")
         if self.lr <= 0:
             raise DlmError(f"lr must be positive, got {self.lr}")
+        if self.clean_attention not in ("block", "causal"):
+            raise DlmError(f"clean_attention must be block or causal, got {self.clean_attention!r}")
+        if self.anneal_steps < 0 or self.block_warmup_steps < 0:
+            raise DlmError("--anneal-steps and --block-warmup-steps must not be negative")
+        if self.distill_from:
+            if self.distill_rounds < 1 or self.teacher_steps < 2:
+                raise DlmError(f"distillation needs --rounds >= 1 and --teacher-steps >= 2, got "
+                               f"{self.distill_rounds} and {self.teacher_steps}")
+            if self.teacher_steps % 2 ** self.distill_rounds:
+                raise DlmError(f"--teacher-steps {self.teacher_steps} cannot be halved {self.distill_rounds} times; use a "
+                               f"multiple of {2 ** self.distill_rounds}")
+            if self.distill_divergence not in DIVERGENCES:
+                raise DlmError(f"--divergence must be one of {DIVERGENCES}, got {self.distill_divergence!r}")
+            if self.distill_target not in TARGETS:
+                raise DlmError(f"--target must be one of {TARGETS}, got {self.distill_target!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

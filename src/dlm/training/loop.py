@@ -26,10 +26,12 @@ from dlm.data.packing import (evenly_spaced, pack_pairs, pack_text, random_windo
                               validation_pairs)
 from dlm.data.tokenizer import TOKENIZERS, Tokenizer, UnknownCharacterError
 from dlm.errors import DlmError
-from dlm.models.transformer import Transformer, preset_config
+from dlm.models.transformer import ModelConfig, Transformer, preset_config
 from dlm.processes import PROCESSES
+from dlm.processes.distillation import SelfDistillation
 from dlm.processes.likelihood import LikelihoodEstimate, estimate_likelihood
-from dlm.training.checkpoint import load_training_state, read_config, resolve, save_checkpoint
+from dlm.training.checkpoint import (load_checkpoint, load_training_state, read_config, read_tokenizer, resolve,
+                                     save_checkpoint)
 from dlm.training.config import RESUME_MAY_CHANGE, TrainConfig
 from dlm.training.distributed import (Distributed, gather_full, init_distributed, no_sync, replicate, shard_model,
                                      shard_optimizer_state)
@@ -60,6 +62,7 @@ class TrainResult:
     validation: dict = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)  # objective at each step of this invocation
     stopped: str = "completed"  # or "time"
+    config: TrainConfig | None = None  # the run's settings (a resumed run's are the stored ones)
 
 
 @dataclass
@@ -149,6 +152,53 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+@dataclass
+class Source:
+    """Weights a run starts from (--init-from, or a distillation's teacher)."""
+    model_config: ModelConfig
+    state: dict
+    tokenizer: Tokenizer
+    description: str
+
+
+def load_source(path: str) -> Source:
+    """A dlm run or checkpoint (any process: an AR run for adaptation), or a Qwen2/LLaMA Hugging Face
+    causal-LM folder (models/foreign.py), as the starting point of a run."""
+    from dlm.models import foreign
+
+    folder = resolve(path)
+    config = foreign.read_json(folder / "config.json")
+    if foreign.is_foreign(config):
+        ar = foreign.load_ar_source(folder)
+        return Source(ar.model_config, ar.state, ar.tokenizer, f"the {ar.architecture} model in {folder}")
+    ckpt = load_checkpoint(folder)
+    return Source(ckpt.model.config, ckpt.model.state_dict(), ckpt.tokenizer,
+                  f"the {ckpt.process.name} model in {folder}")
+
+
+def source_model_config(source: Source, process, config: TrainConfig) -> ModelConfig:
+    """The shape of the model a run starts from, with what the new process needs (attention, time
+    input, logit shift) and the new context; its size is the source's, whatever --preset says."""
+    try:
+        return replace(source.model_config, max_len=config.seq_len, **process.model_options())
+    except (TypeError, ValueError) as e:
+        raise DlmError(f"{source.description} cannot become a {config.process} model: {e}") from None
+
+
+def load_teacher(path: str):
+    """A distillation's teacher: a checkpoint of a process that self-distillation applies to."""
+    teacher = load_checkpoint(path)
+    if not teacher.process.distills:
+        raise DlmError(f"{path} holds a {teacher.process.name} model; self-distillation needs a masked or block "
+                       f"diffusion teacher")
+    return teacher
+
+
+# TrainConfig field -> (the process config key it sets, its neutral value)
+PROCESS_OPTIONS = {"logit_shift": ("shift", False), "clean_attention": ("clean", "block"),
+                   "anneal_steps": ("anneal_steps", 0), "block_warmup_steps": ("warmup_steps", 0)}
+
+
 def build_process(config: TrainConfig, tokenizer: Tokenizer):
     """The forward process a training configuration asks for: the process's training defaults,
     overridden by what the configuration sets."""
@@ -156,6 +206,15 @@ def build_process(config: TrainConfig, tokenizer: Tokenizer):
         raise DlmError(f"unknown process {config.process!r}; choose one of {sorted(PROCESSES)}")
     cls = PROCESSES[config.process]
     settings = {**getattr(cls, "TRAINING_DEFAULTS", {}), "name": config.process, "block_size": config.block_size}
+    for field_name, (key, default) in PROCESS_OPTIONS.items():
+        value = getattr(config, field_name)
+        if value == default:
+            continue
+        if key not in cls.options:
+            takes = [name for name, other in PROCESSES.items() if key in other.options]
+            raise DlmError(f"--{field_name.replace('_', '-')} is an option of the {' and '.join(takes)} processes, not "
+                           f"of {config.process}")
+        settings[key] = value
     if config.schedule:
         settings["schedule"] = {"name": config.schedule}
     if config.objective:
@@ -175,19 +234,29 @@ class Run:
         self.run_dir = Path(config.out)
         self.place = place = place or Distributed()
         self.device = resolve_device(device)
-        state, tokenizer = None, None
+        state, tokenizer, stored_run, source, teacher = None, None, None, None, None
         if resume:
             folder = resolve(self.run_dir)
-            stored = TrainConfig.from_dict(read_config(folder)["train"])
+            stored_run = read_config(folder)
+            stored = TrainConfig.from_dict(stored_run["train"])
             # How the run is executed may change on resume (sharding, threads, compiling); what it
             # computes may not, so every other setting is the stored one.
             executed = {k: getattr(config, k) for k in RESUME_MAY_CHANGE if getattr(config, k) != getattr(TrainConfig, k)}
             config = replace(stored, out=str(self.run_dir), **executed)
             state = load_training_state(folder)
-            tokenizer = Tokenizer.load(folder / "tokenizer.json")
+            tokenizer = read_tokenizer(folder, stored_run)
         elif (self.run_dir / "latest").exists() or any(self.run_dir.glob("checkpoint-*")):
             raise DlmError(f"{self.run_dir} already holds a training run; continue it with --resume or choose "
                            f"another --out")
+        else:
+            if config.distill_from:
+                teacher = load_teacher(config.distill_from)
+                source = Source(teacher.model.config, teacher.model.state_dict(), teacher.tokenizer,
+                                f"the teacher {config.distill_from}")
+            elif config.init_from:
+                source = load_source(config.init_from)
+            if source is not None:
+                tokenizer = source.tokenizer
         self.config = config = self._micro_batching(config, state)
         if tokenizer is None and place.enabled:
             # Process 0 builds the tokenizer (BPE training need not be reproducible across
@@ -196,14 +265,26 @@ class Run:
             tokenizer = place.broadcast(data.tokenizer if data is not None else None)
             self.data = data or prepare_data(config, tokenizer)
         else:
-            self.data = prepare_data(config, tokenizer)
+            try:
+                self.data = prepare_data(config, tokenizer)
+            except UnknownCharacterError as e:
+                raise DlmError(f"the tokenizer of {source.description} cannot encode {config.data!r} ({e}); start "
+                               f"from a model trained on text with the same characters") from None
         tokenizer = self.data.tokenizer
-        self.process = build_process(config, tokenizer)
-        try:
-            model_config = preset_config(config.preset, vocab_size=tokenizer.vocab_size, max_len=config.seq_len,
-                                         **self.process.model_options())
-        except KeyError as e:
-            raise DlmError(str(e.args[0])) from None
+        if stored_run is not None:  # a resumed run is what its checkpoint says, whatever the presets say now
+            self.process = PROCESSES[stored_run["process"]["name"]].from_config(
+                stored_run["process"], vocab_size=tokenizer.vocab_size, special_ids=tokenizer.specials)
+            model_config = ModelConfig(**stored_run["model"])
+        elif teacher is not None:  # the student is the teacher's process and model
+            self.process, model_config = teacher.process, teacher.model.config
+        else:
+            self.process = build_process(config, tokenizer)
+            try:
+                model_config = (source_model_config(source, self.process, config) if source is not None else
+                                preset_config(config.preset, vocab_size=tokenizer.vocab_size, max_len=config.seq_len,
+                                              **self.process.model_options()))
+            except KeyError as e:
+                raise DlmError(str(e.args[0])) from None
         sharded = config.fsdp and place.enabled
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.model = Transformer(model_config)  # on the host: with FSDP, sharding moves each block's shard over
@@ -211,6 +292,12 @@ class Run:
             self.model.to(self.device)
         if state is not None:
             self.model.load_state_dict(state["model"])
+        elif source is not None:
+            try:
+                self.model.load_state_dict(source.state, strict=True)
+            except RuntimeError as e:
+                raise DlmError(f"the weights of {source.description} do not fit a {config.process} model: "
+                               f"{str(e).splitlines()[-1].strip()}") from None
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
         if self.ema is not None and state is not None:
             self.ema.load_state_dict(state["ema"])
@@ -242,6 +329,19 @@ class Run:
             self.step, self.total_steps = state["step"], state["total_steps"]
         self.precision = resolve_precision(config.precision, self.device)
         self.last_saved = self.step if state is not None else -1
+        self.distillation = None
+        if config.distill_from:  # self-distillation through time: a frozen teacher, one round at a time
+            teacher_model = Transformer(model_config).to(self.device)
+            teacher_model.load_state_dict(state["teacher"] if state is not None else teacher.model.state_dict())
+            teacher_model.eval().requires_grad_(False)
+            self.round = state["round"] if state is not None else 0
+            self.round_steps = state.get("round_steps", 0) if state is not None else (
+                config.steps // config.distill_rounds if config.steps else 0)
+            self.distillation = SelfDistillation(self.process, teacher_model,
+                                                 teacher_steps=config.teacher_steps // 2 ** self.round,
+                                                 divergence=config.distill_divergence, target=config.distill_target)
+            if not self.round_steps and self.total_steps:
+                self.round_steps = self.total_steps // config.distill_rounds
 
     def _micro_batching(self, config: TrainConfig, state: dict | None) -> TrainConfig:
         """The global batch is cut into world_size x grad_accum micro-batches; a resumed run keeps
@@ -289,6 +389,9 @@ class Run:
                    min_lr_ratio=cfg.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        objective = self.distillation if self.distillation is not None else self.process.for_step(self.step)
+        if self.distillation is not None:
+            self.next_round()
         x0_all, mask_all = self.data.batch(cfg.batch_size, cfg.seq_len, self.data_rng)  # (B, L), all processes alike
         if mask_all is not None and cfg.cond_drop:  # condition dropout: the prompt becomes [MASK]s, so the model learns p(x)
             drop = torch.rand(cfg.batch_size, generator=self.data_rng) < cfg.cond_drop  # (B,)
@@ -301,7 +404,7 @@ class Run:
             loss_mask = None if mask_all is None else mask_all[j * size:(j + 1) * size].to(self.device)
             last = i == cfg.grad_accum - 1
             with autocast(self.precision, self.device), no_sync(self.trained, skip=not last):
-                out = self.process.loss(self.trained, x0, loss_mask=loss_mask, generator=self.noise_generator(j))
+                out = objective.loss(self.trained, x0, loss_mask=loss_mask, generator=self.noise_generator(j))
                 (out.loss / cfg.grad_accum).backward()
             loss += out.loss.item() / cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -323,6 +426,25 @@ class Run:
             self.ema.update(self.model)
         self.step += 1
         return loss, grad_norm, lr, signals
+
+    def next_round(self) -> None:
+        """Self-distillation: at the first step of a round the student becomes the teacher (its raw
+        weights, as SDTT) and the teacher's step count halves."""
+        cfg = self.config
+        current = min(self.step // self.round_steps, cfg.distill_rounds - 1) if self.round_steps else 0
+        if current > self.round:
+            self.distillation.teacher.load_state_dict(gather_full(self.model.state_dict()))
+            self.round = current
+            self.distillation.teacher_steps = cfg.teacher_steps // 2 ** current
+
+    def size(self, total_steps: int) -> None:
+        """Fix the number of steps (--minutes sizes a run, then re-plans it at each validation). A
+        distillation's rounds are fixed at the first sizing: its plan never moves a round's end."""
+        if self.distillation is None:
+            self.total_steps = total_steps
+        elif not self.round_steps:
+            self.round_steps = max(total_steps // self.config.distill_rounds, 1)
+            self.total_steps = self.round_steps * self.config.distill_rounds
 
     @property
     def validates_everywhere(self) -> bool:
@@ -347,6 +469,8 @@ class Run:
                  "ema": ema_state, "data_rng": self.data_rng.get_state(), "step": self.step,
                  "total_steps": self.total_steps, "micro_batches": self.micro_batches,
                  "world_size": self.place.world_size}
+        if self.distillation is not None:
+            state.update(teacher=self.distillation.teacher.state_dict(), round=self.round, round_steps=self.round_steps)
         path = None
         if self.place.is_main:
             published = self.published_model
@@ -408,8 +532,9 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool | None, device: 
         try:
             while run.total_steps == 0 or run.step < run.total_steps:
                 if budget is not None and run.total_steps == 0:
-                    run.total_steps = place.broadcast(budget.size(run.step))
-                    if run.total_steps:
+                    sized = place.broadcast(budget.size(run.step))
+                    if sized:
+                        run.size(sized)
                         bar.set_total(run.total_steps)
                 loss, grad_norm, lr, (stop_requested, out_of_time) = run.train_step(
                     lambda: (stop.requested, main and budget is not None and budget.out_of_time()))
@@ -437,7 +562,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool | None, device: 
                                     f"bits/char (NELBO, {est.num_chunks} chunks)")
                     run.save(validation)
                     if budget is not None and run.total_steps and not final:
-                        run.total_steps = place.broadcast(budget.replan(run.step) if main else None)
+                        run.size(place.broadcast(budget.replan(run.step) if main else None))
                         bar.set_total(run.total_steps)
                 if out_of_time:
                     stopped = "time"
@@ -458,7 +583,8 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool | None, device: 
     return TrainResult(run_dir=run.run_dir, checkpoint=checkpoint, step=run.step,
                        total_steps=run.total_steps, num_parameters=run.model.num_parameters(),
                        tokens_per_second=len(losses) * tokens_per_step / max(seconds, 1e-9),
-                       seconds=time.perf_counter() - started, validation=validation, losses=losses, stopped=stopped)
+                       seconds=time.perf_counter() - started, validation=validation, losses=losses, stopped=stopped,
+                       config=run.config)
 
 
 class TimeBudget:
