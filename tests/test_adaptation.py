@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dlm.processes import Autoregressive, BlockDiffusion
-from dlm.processes.block import shift_sources, training_mask, warmup_sizes
+from dlm.processes.block import anchored_layout, anchored_mask, training_mask, warmup_sizes
 
 from conftest import tiny_model
 
@@ -41,9 +41,10 @@ def test_shifted_block_size_one_is_the_ar_likelihood(tokenizer, clean):
         torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-5)
 
 
-def test_shifted_block_first_token_of_a_block_reads_the_clean_prefix(tokenizer):
-    """At any block size, the first token of every block is predicted from the clean token before it,
-    so its loss equals the AR model's -log p of that token (the others see masks and may differ)."""
+def test_shifted_block_first_token_of_a_block_reads_its_anchor(tokenizer):
+    """With every noisy token masked, the first token of every block is predicted from its anchor, a copy
+    of the clean token before it that sees no [MASK]: its loss is the AR model's -log p of that token
+    (the others are predicted from [MASK] slots and differ)."""
     ar, ar_model, block, model = ar_and_block(tokenizer, 4)
     x0 = text_batch(tokenizer, B=2, L=16)
     nll = ar.token_nll(ar_model, x0)  # (B, L) nats
@@ -56,32 +57,36 @@ def test_shifted_block_first_token_of_a_block_reads_the_clean_prefix(tokenizer):
     assert not torch.allclose(ce[:, ~first], nll[:, ~first]), "later tokens of a block see [MASK]s, not text"
 
 
-def test_shift_sources_point_to_the_previous_token():
-    L, b = 8, 4
-    src = shift_sources(L, b)
-    assert src.shape == (2 * L + 1,)
-    assert src[:L].tolist() == [L + 0, 0, 1, 2, L + 4, 4, 5, 6]  # block starts read the clean token before
-    assert src[L] == L and src[L + 1:].tolist() == [L + j for j in range(L)]  # clean j <- clean j - 1 (bos first)
+def test_anchored_layout_puts_the_token_before_each_block_first():
+    L, b = 7, 3
+    layout = anchored_layout(L, b, torch.device("cpu"))
+    assert layout.text.tolist() == [-1, 0, 1, 2, 2, 3, 4, 5, 5, 6]  # anchors: bos, text 2, text 5
+    assert layout.anchor.tolist() == [True, False, False, False, True, False, False, False, True, False]
+    assert layout.rows.tolist() == [1, 2, 3, 5, 6, 7, 9]
+    n = layout.text.numel()
+    assert layout.shift_from[:n].tolist() == [0, 0, 1, 2, 4, 4, 5, 6, 8, 8], "each token from the slot before it"
+    assert layout.shift_from[n:].tolist() == [n] + [n + j for j in range(L)], "clean j from clean j - 1, bos first"
 
 
-def test_training_mask_with_bos_and_causal_clean_stream():
+def test_anchored_mask_hides_masks_and_the_anchors_original():
     L, b = 6, 3
-    mask = training_mask(L, b, clean="causal", bos=True)[0, 0]  # (2L + 1, 2L + 1)
-    noisy, bos, clean = slice(0, L), L, slice(L + 1, 2 * L + 1)
-    assert mask[:, bos].all(), "everyone sees bos"
-    assert mask[bos].sum() == 1 and mask[bos, bos]
+    layout = anchored_layout(L, b, torch.device("cpu"))
+    n = layout.text.numel()  # 8
+    hidden = torch.tensor([[False, True, False, True, True, False]])  # text 1, 3, 4 are [MASK]
+    mask = anchored_mask(layout, hidden, clean="causal", block_size=b)[0, 0]  # (n + 1 + L, n + 1 + L)
+    bos, clean = n, slice(n + 1, n + 1 + L)
+    block1 = slice(4, 8)  # anchor (text 2), text 3, 4, 5
+    assert mask[block1, clean].int().tolist() == [[1, 1, 0, 0, 0, 0]] * 4, "clean text before the anchor's original"
+    assert mask[block1, bos].all() and not mask[0:4, bos].any(), "the first block's anchor is bos itself"
+    assert mask[4, 4:8].tolist() == [True, False, False, True], "anchor sees its block but no [MASK]"
+    assert mask[1, 0:4].tolist() == [True, True, False, True], "a [MASK] slot sees only itself among masks"
     assert torch.equal(mask[clean, clean], torch.ones(L, L, dtype=torch.bool).tril())
-    assert not mask[clean, noisy].any()
-    blk = torch.arange(L) // b
-    assert torch.equal(mask[noisy, noisy], blk[:, None] == blk[None, :])
-    assert torch.equal(mask[noisy, clean], blk[:, None] > blk[None, :])
-    block_clean = training_mask(L, b, clean="block", bos=True)[0, 0]
-    assert torch.equal(block_clean[clean, clean], blk[:, None] >= blk[None, :])
+    assert not mask[clean, 0:n].any() and mask[bos].sum() == 1
 
 
 def test_annealed_mask_starts_causal_inside_a_block():
     L, b = 8, 4
-    closed = training_mask(L, b, ahead=torch.zeros(L, L, dtype=torch.bool))[0, 0, :L, :L]
+    closed = training_mask(L, b, ahead=torch.zeros(L, L, dtype=torch.bool))[0, 0, :L, :L]  # the unshifted layout
     blk = torch.arange(L) // b
     assert torch.equal(closed, (blk[:, None] == blk[None, :]) & torch.ones(L, L, dtype=torch.bool).tril())
     opened = training_mask(L, b, ahead=torch.ones(L, L, dtype=torch.bool))[0, 0, :L, :L]

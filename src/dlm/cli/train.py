@@ -38,6 +38,8 @@ HELP = {
     "anneal_steps": "masked/block: open the attention inside a block from causal to bidirectional over these first "
                     "steps (DiffuLLaMA's attention-mask annealing)",
     "block_warmup_steps": "block: train blocks of 1, 2, 4, ... tokens up to --block-size over these first steps",
+    "ar_loss_weight": "block with --logit-shift --clean-attention causal: add this times the clean stream's next-token "
+                      "loss (TiDAR's joint objective), so the model stays the AR model on committed text",
 }
 DISTILL_ONLY = ("distill_from", "distill_rounds", "teacher_steps", "distill_divergence", "distill_target")  # `dlm distill`'s
 

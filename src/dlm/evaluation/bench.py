@@ -63,6 +63,7 @@ class Suite:
     long_samples: int = 4
     ngram_chars: int = 300_000
     compile: bool = True  # torch.compile the models' blocks while training (off in tests: compiling takes longer)
+    frontier: str = ""  # a frontier suite (dlm.evaluation.frontier.SUITES) to measure too, "" = none
 
 
 SUITES = {
@@ -71,7 +72,8 @@ SUITES = {
     "full": Suite("full", preset="tiny", minutes=5.0, judge_preset="base", judge_minutes=30.0, code_minutes=5.0,
                   eval_chunks=0, prompts=32, samples_per_prompt=4, length=128,
                   steps_grid=(8, 16, 32, 64, 128, 256, 512, 1024), thresholds=(0.99, 0.9, 0.8, 0.7, 0.5),
-                  speed_lengths=(64, 128, 256, 512, 1024), infill_cases=64, long_length=1024, long_samples=8),
+                  speed_lengths=(64, 128, 256, 512, 1024), infill_cases=64, long_length=1024, long_samples=8,
+                  frontier="bench-full"),
 }
 
 
@@ -277,6 +279,7 @@ class BenchResult:
     infill: list
     long: list
     judge: dict
+    frontier: object = None  # a FrontierResult, when the suite measures one
 
 
 def machine() -> dict:
@@ -335,12 +338,19 @@ def run_bench(suite: Suite, cache: Path, *, log: Callable[[str], None] = print, 
         log(f"measuring: {key}")
         results[key] = measure()
         log(f"  {key}: {time.perf_counter() - t0:.0f} s")
+    frontier = None
+    if suite.frontier:
+        from dlm.evaluation.frontier import run_frontier, suite_named
+
+        log(f"measuring: the quality-against-speed frontier ({suite.frontier} suite)")
+        frontier = run_frontier(suite_named(suite.frontier), cache / "frontier", log=lambda text: log("  " + text),
+                                progress=progress)
     judge_info = {"preset": suite.judge_preset, "minutes": suite.judge_minutes,
                   "parameters": judge_ckpt.model.num_parameters(),
                   "val_bits_per_char": judge_ckpt.metrics.get("val_bits_per_char", math.nan),
                   "ngram_order": ngram.order}
     return BenchResult(suite=asdict(suite), machine=machine(), seconds=time.perf_counter() - started,
-                       judge=judge_info, **results)
+                       judge=judge_info, frontier=frontier, **results)
 
 
 def suite_named(name: str, **overrides) -> Suite:

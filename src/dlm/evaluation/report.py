@@ -189,6 +189,119 @@ def write_report(result: BenchResult, out: Path) -> Path:
           "accumulation shows as last/first > 1. Whole-canvas samplers write within their trained context.", "",
           table(["process", "tokens", "Q1", "Q2", "Q3", "Q4", "last / first"],
                 [[r["process"], str(r["length"]), *r["quarters"], r["last_over_first"]] for r in result.long]), ""]
+    if result.frontier is not None:
+        frontier_plot(result.frontier, out / "frontier.png")
+        section = frontier_markdown(result.frontier, "frontier.png").split("\n", 1)[1]
+        md += ["## Quality against speed: the frontier", section]
     path = out / "report.md"
     path.write_text("\n".join(md))
+    return path
+
+
+# -- the quality-against-speed frontier (dlm.evaluation.frontier) ------------------------------
+FAMILY_COLORS = {"AR": "black", "masked": "tab:blue", "adapted": "tab:green", "distilled": "tab:red"}
+
+
+def frontier_plot(result, path: Path) -> None:
+    """x = tokens/s (log), y = judge bits/char: every row a point, each family's Pareto front a line,
+    each point annotated with its entropy; one panel per batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dlm.evaluation.frontier import pareto
+
+    batches = sorted({r["batch"] for r in result.rows})
+    fig, axes = plt.subplots(1, len(batches), figsize=(7.2 * len(batches), 5.6), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        rows = [r for r in result.rows if r["batch"] == batch]
+        for family in dict.fromkeys(r["family"] for r in rows):
+            pts = [r for r in rows if r["family"] == family]
+            color = FAMILY_COLORS.get(family, "tab:gray")
+            ax.scatter([r["tokens_per_second"] for r in pts], [r["judge_bits_per_char"] for r in pts], color=color,
+                       s=24, alpha=0.8)
+            ax.errorbar([r["tokens_per_second"] for r in pts], [r["judge_bits_per_char"] for r in pts],
+                        yerr=[r["judge_stderr"] for r in pts], fmt="none", ecolor=color, alpha=0.4)
+            front = sorted(pareto(pts), key=lambda r: r["tokens_per_second"])
+            ax.plot([r["tokens_per_second"] for r in front], [r["judge_bits_per_char"] for r in front], color=color,
+                    label=f"{family} (Pareto front)")
+            for r in pts:
+                ax.annotate(f"{r['model']}: {r['setting']}\nH={r['entropy_bits']:.2f}",
+                            (r["tokens_per_second"], r["judge_bits_per_char"]), textcoords="offset points",
+                            xytext=(4, 3), fontsize=5.5, color=color)
+        ref = result.reference
+        ax.axhline(ref["judge_bits_per_char"], color="gray", linestyle=":",
+                   label=f"held-out text (H={ref['entropy_bits']:.2f})")
+        best = (result.best_speedup_at_equal_quality if batch == batches[0]
+                else result.best_speedup_at_equal_quality_batch8)
+        if best:
+            d, a = best["diffusion_row"], best["ar_row"]
+            ax.annotate("", xy=(d["tokens_per_second"], d["judge_bits_per_char"]),
+                        xytext=(a["tokens_per_second"], a["judge_bits_per_char"]),
+                        arrowprops=dict(arrowstyle="->", color="purple"))
+            ax.set_title(f"batch {batch}: best speed-up at equal quality {best['ratio']:.2f}x")
+        else:
+            ax.set_title(f"batch {batch}: no diffusion setting reaches an AR row's quality")
+        ax.set_xscale("log")
+        ax.set_xlabel("tokens/s (wall clock, this machine)")
+        ax.set_ylabel(f"judge bits/char (AR {result.judge['preset']}; lower = likelier)")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def frontier_markdown(result, plot_name: str = "frontier.png") -> str:
+    m, s, j = result.machine, result.suite, result.judge
+    p = s["protocol"]
+
+    def speedup(best, what):
+        if not best:
+            return f"- {what}: no diffusion row is at least as good as any AR row."
+        d, a = best["diffusion_row"], best["ar_row"]
+        return (f"- {what}: **{best['ratio']:.2f}x**: {d['model']} ({d['setting']}, {fmt(d['tokens_per_forward'], 2)} "
+                f"tokens/forward, {fmt(d['tokens_per_second'], 0)} tokens/s, judge {fmt(d['judge_bits_per_char'])} ± "
+                f"{fmt(d['judge_stderr'])}, entropy {fmt(d['entropy_bits'], 2)}) against {a['model']} "
+                f"({fmt(a['tokens_per_second'], 0)} tokens/s, judge {fmt(a['judge_bits_per_char'])} ± "
+                f"{fmt(a['judge_stderr'])}, entropy {fmt(a['entropy_bits'], 2)})")
+
+    models = table(["model", "family", "process", "params", "steps", "train minutes", "validation bits/char", "bound"],
+                   [[r["model"], r["family"], r["process"], f"{r['parameters'] / 1e6:.2f}M", str(r["steps"]),
+                     fmt(r["train_minutes"], 1), f"{fmt(r['val_bits_per_char'])} ± {fmt(r['val_stderr'])}", r["bound"]]
+                    for r in result.models])
+    rows = table(["model", "setting", "batch", "tokens/s", "tokens/forward", "NFE", "judge bits/char", "± stderr",
+                  "n-gram judge", "entropy", "distinct-2"],
+                 [[r["model"], r["setting"], str(r["batch"]), fmt(r["tokens_per_second"], 0), r["tokens_per_forward"],
+                   fmt(r["nfe"], 1), r["judge_bits_per_char"], r["judge_stderr"], r.get("ngram_bits_per_char"),
+                   r["entropy_bits"], r["distinct_2"]] for r in result.rows])
+    ref = result.reference
+    return "\n".join([
+        f"# Quality against speed ({s['name']} suite)", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads"
+        f"{', GPU ' + m['gpu'] if m['gpu'] else ', no GPU'}; torch {m['torch']}. Run time {result.seconds / 60:.1f} "
+        f"min. Protocol: {p['samples']} held-out prompts of {p['prompt_chars']} characters, {p['length']} tokens each, "
+        f"temperature {p['temperature']:g}, {'top-p ' + str(p['top_p']) if p['top_p'] else 'no nucleus'}; judged by "
+        f"an AR `{j['preset']}` model ({j['parameters'] / 1e6:.1f}M parameters, {j['steps']} steps, "
+        f"{fmt(j['train_minutes'], 1)} min; {fmt(j['train_minutes'] / j['longest_contestant_minutes'] if j['train_minutes'] else None, 1)}x "
+        f"the longest contestant's {fmt(j['longest_contestant_minutes'], 1)} min; validation "
+        f"{fmt(j['val_bits_per_char'])} bits/char), never a contestant, and a character {j['ngram_order']}-gram "
+        f"Kneser-Ney model. Equal quality: judge bits/char within {p['band_stderrs']:g} standard errors or "
+        f"{p['band_relative']:.0%}, entropy within {p['entropy_relative']:.0%}. The held-out continuations "
+        f"themselves score {fmt(ref['judge_bits_per_char'])} ± {fmt(ref['judge_stderr'])} bits/char, entropy "
+        f"{fmt(ref['entropy_bits'], 2)} bits.", "",
+        speedup(result.best_speedup_at_equal_quality, f"best speed-up at equal quality, batch {p['batches'][0]}"),
+        speedup(result.best_speedup_at_equal_quality_batch8, f"the same at batch {p['batches'][-1]}"),
+        speedup(result.best_speedup_with_4_tokens_per_forward,
+                f"among diffusion rows with at least 4 tokens per forward, batch {p['batches'][0]}"), "",
+        f"![quality against speed]({plot_name})", "", "## Models", "", models, "", "## Every setting", "", rows, ""])
+
+
+def write_frontier(result, out: Path) -> Path:
+    """frontier.json (every row and the speed-ups), frontier.md and frontier.png in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
+    frontier_plot(result, out / "frontier.png")
+    path = out / "frontier.md"
+    path.write_text(frontier_markdown(result))
     return path

@@ -17,13 +17,19 @@ so the clean half builds exactly the keys and values that the sampler later cach
 Starting from an AR model (Fast-dLLM v2, Wu et al., 2025; SDAR, Cheng et al., 2025; Dream and
 DiffuLLaMA, Gong et al., 2024) three options keep what the AR model knows:
 
-- `shift`: token i is predicted from the final hidden state of position i - 1 (the AR head's
-  meaning), and the clean stream starts with bos, so the first token has a position to be
-  predicted from. The first token of block k is predicted from the *clean* token before it (the
-  hidden state the sampler caches when it commits block k - 1), the others from the noisy block.
-  With blocks of one token and a causal clean stream this is the AR model exactly.
+- `shift`: token i is predicted from the final hidden state of the slot before it (the AR head's
+  meaning), and the clean stream starts with bos. Each noisy block starts with an *anchor*, a copy
+  of the clean token before the block (bos for the first), which stands in for that token in the
+  block's view; the block's first token is predicted from the anchor, which sees the block's
+  unmasked tokens, so no token of a block is predicted blind to its block. No query attends to a
+  [MASK] slot (it carries nothing but its position): with blocks of one token the anchor then
+  sees what the AR model's token sees, and with a causal clean stream the model is the AR model
+  exactly (layout: `Anchored`).
 - `clean="causal"`: a clean query sees the clean tokens up to itself (the AR model's attention)
   instead of its whole block (BD3-LM's block-causal stream).
+- `ar_weight`: add the next-token cross-entropy of the clean stream (causal, shifted: an AR model
+  on the same weights) to the loss, as TiDAR (Liu et al., 2025) trains its AR half, so that the
+  model keeps predicting committed text as the AR model it started from did.
 - a curriculum (`for_step`): the noisy block's attention to later positions of its own block
   is switched on at random with a probability that rises from 0 to 1 over `anneal_steps`
   (DiffuLLaMA's attention-mask annealing), and the block size grows 1, 2, 4, ... up to
@@ -33,7 +39,9 @@ DiffuLLaMA, Gong et al., 2024) three options keep what the AR model knows:
 from __future__ import annotations
 
 import copy
+import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -56,47 +64,95 @@ CLEAN_ATTENTION = ("block", "causal")
 
 
 def training_mask(length: int, block_size: int, attention_mask: Tensor | None = None,
-                  device=None, *, clean: str = "block", bos: bool = False, ahead: Tensor | None = None) -> Tensor:
-    """The (B or 1, 1, N, N) bool mask of [x_t, x_0] (N = 2L), or of [x_t, bos, x_0] (N = 2L + 1) with
-    `bos`, described in the module docstring. `clean`: "block" or "causal" clean stream. `ahead`
-    (L, L) bool: which later positions of its own block a noisy query may see (attention annealing;
-    None = all of them)."""
+                  device=None, *, clean: str = "block", ahead: Tensor | None = None) -> Tensor:
+    """The (B or 1, 1, 2L, 2L) bool mask of [x_t, x_0] described in the module docstring. `clean`:
+    "block" or "causal" clean stream. `ahead` (L, L) bool: which later positions of its own block a
+    noisy query may see (attention annealing; None = all of them)."""
     blk = block_ids(length, block_size, device=device)  # (L,)
     same = blk[:, None] == blk[None, :]  # (L, L)
     before = blk[:, None] > blk[None, :]  # (L, L): key block strictly earlier than the query's
     upto = torch.ones(length, length, dtype=torch.bool, device=device).tril()  # (L, L): key at or before the query
-    noisy_noisy = same if ahead is None else same & (upto | ahead)
-    clean_clean = (same | before) if clean == "block" else upto
-    noisy_rows = [noisy_noisy, before]  # keys: noisy, clean
-    clean_rows = [torch.zeros_like(same), clean_clean]
-    if bos:  # one more key between the halves, seen by every query; the bos query sees only itself
-        ones = torch.ones(length, 1, dtype=torch.bool, device=device)
-        noisy_rows.insert(1, ones)
-        clean_rows.insert(1, ones)
-    rows = [torch.cat(noisy_rows, dim=1), torch.cat(clean_rows, dim=1)]  # (L, N) each
-    if bos:
-        n = 2 * length + 1
-        rows.insert(1, (torch.arange(n, device=device) == length)[None])  # (1, N)
-    mask = torch.cat(rows, dim=0)[None, None]  # (1, 1, N, N)
+    noisy_rows = torch.cat([same if ahead is None else same & (upto | ahead), before], dim=1)  # (L, 2L)
+    clean_rows = torch.cat([torch.zeros_like(same), (same | before) if clean == "block" else upto], dim=1)
+    mask = torch.cat([noisy_rows, clean_rows], dim=0)[None, None]  # (1, 1, 2L, 2L)
     if attention_mask is not None:
-        parts = [attention_mask, attention_mask]
-        if bos:
-            parts.insert(1, torch.ones_like(attention_mask[:, :1]))
-        keys = torch.cat(parts, dim=1)  # (B, N)
+        keys = torch.cat([attention_mask, attention_mask], dim=1)  # (B, 2L)
         mask = mask & keys[:, None, None, :]
-        mask = mask | torch.eye(keys.shape[1], dtype=torch.bool, device=device)  # padding attends itself: no empty rows
+        mask = mask | torch.eye(2 * length, dtype=torch.bool, device=device)  # padding attends itself: no empty rows
     return mask
 
 
-def shift_sources(length: int, block_size: int, device=None) -> Tensor:
-    """For a `shift` model on [x_t, bos, x_0]: the position whose hidden state predicts each of the
-    2L + 1 positions; (2L + 1,). Noisy token p: the noisy token p - 1 inside its block; for the first
-    token of a block, the clean token p - 1 (index L + p; bos at index L for p = 0). Clean token j: the
-    clean token j - 1 (bos for j = 0), as an AR model; bos predicts nothing and points at itself."""
-    p = torch.arange(length, device=device)
-    noisy = torch.where(p % block_size == 0, length + p, p - 1)  # (L,)
-    clean = length + p  # (L,): index of the clean token before (L + 1 + p - 1)
-    return torch.cat([noisy, torch.tensor([length], device=device), clean])
+@dataclass(frozen=True)
+class Anchored:
+    """The training layout of a shifted block model: [noisy blocks, bos, x_0]. Noisy block k holds an
+    *anchor*, a copy of the clean token before the block (bos for the first), then the block's noisy
+    tokens; token i of the block is predicted from the hidden state of the slot before it (the anchor
+    for the first), so the AR head keeps its meaning and the first token sees its block too. The
+    anchor stands in for its clean original, which the block's queries do not see. N = L + K noisy
+    slots (K blocks), then bos, then the L clean tokens."""
+    text: Tensor  # (N,) the text position each noisy slot holds (-1: bos as the first block's anchor)
+    anchor: Tensor  # (N,) bool
+    block: Tensor  # (N,) block index
+    rows: Tensor  # (L,) the noisy slot of each text position
+    shift_from: Tensor  # (N + 1 + L,) the slot whose hidden state predicts each slot
+
+
+@functools.lru_cache(maxsize=32)
+def anchored_layout(length: int, block_size: int, device: torch.device) -> Anchored:
+    K = -(-length // block_size)
+    starts = torch.arange(K, device=device) * block_size  # (K,)
+    sizes = (length - starts).clamp(max=block_size)  # (K,)
+    block = torch.repeat_interleave(torch.arange(K, device=device), sizes + 1)  # (N,)
+    first = torch.cumsum(sizes + 1, 0) - (sizes + 1)  # (K,) slot of each block's anchor
+    inner = torch.arange(block.numel(), device=device) - first[block]  # (N,) 0 for the anchor
+    text = starts[block] - 1 + inner  # (N,)
+    anchor = inner == 0
+    n = block.numel()
+    rows = torch.nonzero(~anchor)[:, 0]  # (L,): text position order
+    noisy_from = torch.where(anchor, torch.arange(n, device=device), torch.arange(n, device=device) - 1)
+    clean_from = n + torch.arange(length, device=device)  # clean j <- clean j - 1 (bos at index n for j = 0)
+    shift_from = torch.cat([noisy_from, torch.tensor([n], device=device), clean_from])
+    return Anchored(text=text, anchor=anchor, block=block, rows=rows, shift_from=shift_from)
+
+
+def anchored_mask(layout: Anchored, hidden: Tensor, *, clean: str = "block", block_size: int,
+                  ahead: Tensor | None = None, attention_mask: Tensor | None = None) -> Tensor:
+    """The (B, 1, M, M) bool mask of the anchored layout (M = N + 1 + L). hidden (B, L) bool: the
+    text positions that are [MASK] in x_t, which no query attends to (a [MASK] says nothing, and so
+    the anchor of a one-token block sees exactly what the AR model's token does). Noisy slot of block k
+    -> the slots of its block (all of them, or up to itself and `ahead` (N, N) while attention is
+    annealed), the clean text before the block's anchor, and bos after the first block. bos -> itself.
+    Clean token j -> clean tokens up to j (causal) or of blocks <= its own ("block"), and bos."""
+    text, block = layout.text, layout.block
+    n, L = text.numel(), hidden.shape[1]
+    device = text.device
+    slots = torch.arange(n, device=device)
+    same = block[:, None] == block[None, :]  # (N, N)
+    noisy_noisy = same if ahead is None else same & ((slots[None, :] <= slots[:, None]) | ahead)
+    c = torch.arange(-1, L, device=device)  # (1 + L,) text position of bos and the clean tokens
+    anchor_at = text[layout.anchor][block]  # (N,) the text position of each slot's anchor
+    noisy_clean = c[None, :] < anchor_at[:, None]  # (N, 1 + L): before the anchor (bos: -1 < anchor unless the anchor is bos)
+    if clean == "block":
+        cb = torch.div(c.clamp(min=0), block_size, rounding_mode="floor")
+        clean_clean = (c[None, :] == -1) | ((cb[None, :] <= cb[:, None]) & (c[:, None] >= 0))  # (1 + L, 1 + L)
+    else:
+        clean_clean = c[None, :] <= c[:, None]
+    clean_clean = clean_clean & ((c[:, None] >= 0) | (c[None, :] == -1))  # the bos query sees only itself
+    top = torch.cat([noisy_noisy, noisy_clean], dim=1)  # (N, M)
+    bottom = torch.cat([torch.zeros(1 + L, n, dtype=torch.bool, device=device), clean_clean], dim=1)  # (1 + L, M)
+    mask = torch.cat([top, bottom], dim=0)[None]  # (1, M, M)
+    # keys: no [MASK] slot is seen (per sequence), nor padding
+    slot_hidden = torch.zeros(hidden.shape[0], n, dtype=torch.bool, device=device)
+    slot_hidden[:, layout.rows] = hidden
+    keys = torch.cat([~slot_hidden, torch.ones(hidden.shape[0], 1 + L, dtype=torch.bool, device=device)], dim=1)
+    if attention_mask is not None:
+        real = torch.ones(hidden.shape[0], n, dtype=torch.bool, device=device)
+        real[:, layout.rows] = attention_mask
+        real[:, layout.anchor] = True
+        keys = keys & torch.cat([real, torch.ones_like(attention_mask[:, :1]), attention_mask], dim=1)
+    mask = mask & keys[:, None, :]
+    mask = mask | torch.eye(mask.shape[-1], dtype=torch.bool, device=device)  # every slot sees itself
+    return mask[:, None]  # (B, 1, M, M)
 
 
 def warmup_sizes(block_size: int) -> list[int]:
@@ -117,14 +173,15 @@ class BlockDiffusion(Process):
     absorbing = True  # within a block: the masked process
     extends_context = True  # the sampler slides a window over its cache: it can write past max_len
     distills = True  # self-distillation through time applies, inside each block (processes/distillation.py)
-    options = ("shift", "clean", "anneal_steps", "warmup_steps")  # see the module docstring
+    options = ("shift", "clean", "anneal_steps", "warmup_steps", "ar_weight")  # see the module docstring
     TRAINING_DEFAULTS = MaskedDiffusion.TRAINING_DEFAULTS
     schedules = MaskedDiffusion.schedules
 
     def __init__(self, *, vocab_size: int, mask_id: int, pad_id: int | None = None, bos_id: int | None = None,
                  eos_id: int | None = None, block_size: int = 16,
                  schedule: Schedule | None = None, time_eps: float = 1e-3, objective: str = "nelbo",
-                 shift: bool = False, clean: str = "block", anneal_steps: int = 0, warmup_steps: int = 0):
+                 shift: bool = False, clean: str = "block", anneal_steps: int = 0, warmup_steps: int = 0,
+                 ar_weight: float = 0.0):
         """`shift`, `clean`, `anneal_steps` and `warmup_steps`: see the module docstring (the last two
         act in training only, through `for_step`). Padding and bos get zero probability unless they are
         end-of-text (`eos_id`), which text contains."""
@@ -136,6 +193,9 @@ class BlockDiffusion(Process):
             raise ValueError("anneal_steps and warmup_steps must not be negative")
         if shift and bos_id is None:
             raise ValueError("a shifted block model starts its clean stream with bos: the tokenizer needs one")
+        if ar_weight < 0 or (ar_weight and not (shift and clean == "causal")):
+            raise ValueError("ar_weight (an AR loss on the clean stream) needs shift and a causal clean stream, and "
+                             "must not be negative")
         self.masked = MaskedDiffusion(vocab_size=vocab_size, mask_id=mask_id, pad_id=pad_id if pad_id != eos_id else None,
                                       bos_id=bos_id if bos_id != eos_id else None, schedule=schedule,
                                       time_eps=time_eps, objective=objective)
@@ -143,6 +203,7 @@ class BlockDiffusion(Process):
         self.pad_id, self.bos_id = pad_id, bos_id
         self.shift, self.clean = shift, clean
         self.anneal_steps, self.warmup_steps = anneal_steps, warmup_steps
+        self.ar_weight = ar_weight
         self.ahead_probability = 1.0  # training: chance that a noisy query sees a later position of its block
 
     schedule = property(lambda self: self.masked.schedule)
@@ -161,7 +222,8 @@ class BlockDiffusion(Process):
     def config(self) -> dict:
         return {"name": self.name, "block_size": self.block_size, "schedule": schedule_to_dict(self.schedule),
                 "time_eps": self.masked.time_eps, "objective": self.objective, "shift": self.shift,
-                "clean": self.clean, "anneal_steps": self.anneal_steps, "warmup_steps": self.warmup_steps}
+                "clean": self.clean, "anneal_steps": self.anneal_steps, "warmup_steps": self.warmup_steps,
+                "ar_weight": self.ar_weight}
 
     @classmethod
     def from_config(cls, config: dict, *, vocab_size: int, special_ids: dict[str, int]) -> "BlockDiffusion":
@@ -171,7 +233,8 @@ class BlockDiffusion(Process):
                    schedule=make_schedule(**config.get("schedule", {"name": "linear"})),
                    time_eps=config.get("time_eps", 1e-3), objective=config.get("objective", "nelbo"),
                    shift=bool(config.get("shift", False)), clean=config.get("clean", "block"),
-                   anneal_steps=int(config.get("anneal_steps", 0)), warmup_steps=int(config.get("warmup_steps", 0)))
+                   anneal_steps=int(config.get("anneal_steps", 0)), warmup_steps=int(config.get("warmup_steps", 0)),
+                   ar_weight=float(config.get("ar_weight", 0.0)))
 
     def for_step(self, step: int) -> "BlockDiffusion":
         """The process at training step `step`: the warm-up's block size, the annealing's probability."""
@@ -230,32 +293,44 @@ class BlockDiffusion(Process):
 
     # -- the denoiser on [x_t, x_0] ------------------------------------------------------
     def denoise(self, denoiser: Denoiser, x_t: Tensor, x0: Tensor, attention_mask: Tensor | None,
-                generator: torch.Generator | None = None) -> Tensor:
+                generator: torch.Generator | None = None, clean_logits: bool = False):
         """Logits for the noisy half (B, L, V) from one pass over [x_t, x_0] (B, 2L), or over
         [x_t, bos, x_0] (B, 2L + 1) for a shifted model. While attention is annealed (training),
-        the noisy queries' view of later positions in their block is drawn from `generator`."""
+        the noisy queries' view of later positions in their block is drawn from `generator`.
+        `clean_logits` (shifted models): also return the clean stream's (B, L, V), where position j
+        is predicted from the clean text before it, as by an AR model."""
         B, L = x0.shape
         device = x0.device
         if attention_mask is None:
             positions = torch.arange(L, device=device).expand(B, L)  # (B, L)
         else:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        ahead = None
-        if self.ahead_probability < 1.0:  # one draw for the batch and every head (DiffuLLaMA)
-            ahead = torch.rand(L, L, generator=generator, device=device) < self.ahead_probability  # (L, L)
-        mask = training_mask(L, self.block_size, attention_mask, device=device, clean=self.clean, bos=self.shift,
-                             ahead=ahead)
         t = torch.zeros(B, device=device)  # the masked denoiser reads the noise level off the canvas
         if not self.shift:
+            ahead = None
+            if self.ahead_probability < 1.0:  # one draw for the batch and every head (DiffuLLaMA)
+                ahead = torch.rand(L, L, generator=generator, device=device) < self.ahead_probability  # (L, L)
+            mask = training_mask(L, self.block_size, attention_mask, device=device, clean=self.clean, ahead=ahead)
             logits = denoiser(torch.cat([x_t, x0], dim=1), t, positions=torch.cat([positions, positions], dim=1),
                               mask=mask)  # (B, 2L, V)
             return logits[:, :L]
+        layout = anchored_layout(L, self.block_size, torch.device(device))
+        n = layout.text.numel()
+        ahead = None
+        if self.ahead_probability < 1.0:
+            ahead = torch.rand(n, n, generator=generator, device=device) < self.ahead_probability  # (N, N)
+        mask = anchored_mask(layout, x_t == self.mask_id, clean=self.clean, block_size=self.block_size, ahead=ahead,
+                             attention_mask=attention_mask)
         bos = torch.full_like(x0[:, :1], self.bos_id)  # (B, 1) at position 0; the tokens move one place on
-        tokens = torch.cat([x_t, bos, x0], dim=1)  # (B, 2L + 1)
-        places = torch.cat([positions + 1, torch.zeros_like(bos), positions + 1], dim=1)  # (B, 2L + 1)
-        logits = denoiser(tokens, t, positions=places, mask=mask,
-                          shift_from=shift_sources(L, self.block_size, device=device))  # (B, 2L + 1, V)
-        return logits[:, :L]
+        clean = torch.cat([bos, x0], dim=1)  # (B, 1 + L)
+        noisy = clean[:, layout.text + 1]  # (B, N): anchors (and placeholders for the noisy tokens)
+        noisy[:, layout.rows] = x_t
+        places = torch.cat([positions[:, :1] * 0, positions + 1], dim=1)  # (B, 1 + L): bos at 0
+        tokens = torch.cat([noisy, clean], dim=1)  # (B, N + 1 + L)
+        logits = denoiser(tokens, t, positions=torch.cat([places[:, layout.text + 1], places], dim=1), mask=mask,
+                          shift_from=layout.shift_from)  # (B, N + 1 + L, V)
+        noisy_logits = logits[:, layout.rows]  # (B, L, V)
+        return (noisy_logits, logits[:, n + 1:]) if clean_logits else noisy_logits
 
     # -- objective ---------------------------------------------------------------------
     def loss(self, denoiser: Denoiser, x0: Tensor, *, loss_mask: Tensor | None = None,
@@ -273,7 +348,9 @@ class BlockDiffusion(Process):
         tok_t = self.per_token(t, L)  # (B, L)
         x_t = self.corrupt(x0, t, loss_mask=loss_mask, generator=generator)
         masked = (x_t == self.mask_id) & loss_mask  # (B, L): a [MASK] in the condition (dropped prompt) is not scored
-        logits = self.denoise(denoiser, x_t, x0, attention_mask, generator=generator)
+        logits = self.denoise(denoiser, x_t, x0, attention_mask, generator=generator, clean_logits=bool(self.ar_weight))
+        if self.ar_weight:
+            logits, clean = logits
         ce = F.cross_entropy(self.x0_logits(logits[masked]), x0[masked], reduction="none")  # (N_masked,)
         weight = self.masked.nelbo_weight(tok_t)  # (B, L) float64
         nelbo = torch.zeros(B, dtype=torch.float64, device=x0.device).index_put_(
@@ -289,6 +366,9 @@ class BlockDiffusion(Process):
             ratio = (scored / hidden.clamp(min=1)).double()[flat]  # (B, L)
             per_token = (-self.schedule.alpha_prime(tok_t.double()) * ratio)[masked] * ce.double()
         loss = (per_token.sum() / num_tokens.sum().clamp(min=1)).float()
+        if self.ar_weight:  # TiDAR's joint objective: the clean stream stays an AR model (next-token cross-entropy)
+            ar = F.cross_entropy(self.x0_logits(clean[loss_mask]), x0[loss_mask])
+            loss = loss + self.ar_weight * ar
         return LossOutput(loss=loss, nelbo=nelbo, num_tokens=num_tokens)
 
     def nelbo(self, denoiser: Denoiser, x0: Tensor, *, u: Tensor, loss_mask: Tensor | None = None,

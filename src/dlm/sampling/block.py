@@ -112,39 +112,52 @@ def sample_blocks(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas, *
     unpad = (lambda z: z[:, 1:]) if shift else (lambda z: z)  # the caller's columns
 
     def forward(lo: int, hi: int, t: Tensor) -> Tensor:
-        """Logits of columns [lo, hi) (the block being denoised), given the clean columns before."""
+        """Logits of columns [lo, hi) (the block being denoised), given the clean columns before. A
+        shifted model reads an anchor before the block, a copy of column lo - 1 (see processes/block.py),
+        whose hidden state predicts the block's first token; no query sees a [MASK] of the block."""
         nonlocal pending
         if use_cache:
-            ctx_lo, ctx_hi = pending.start, pending.stop
+            ctx_lo = pending.start
             cached = cache.valid if cache.valid is not None else torch.zeros(B, 0, dtype=torch.bool, device=device)
         else:
-            ctx_lo, ctx_hi = (max(0, lo - window) if window is not None else 0), lo
+            ctx_lo = max(0, lo - window) if window is not None else 0
             cached = torch.zeros(B, 0, dtype=torch.bool, device=device)
-        cols = torch.arange(ctx_lo, hi, device=device)
-        tokens = x[:, ctx_lo:hi]  # (B, n): clean context then the noisy block
-        real = canvas.attention_mask[:, ctx_lo:hi]  # (B, n)
-        q_blk = blk[ctx_lo:hi]  # (n,)
-        clean = cols < lo  # (n,)
-        # clean query -> clean keys up to itself (causal) or of blocks <= its own; noisy query -> clean keys
-        # + its own block
-        clean_rule = (cols[None, :] <= cols[:, None]) if clean_causal else (q_blk[None, :] <= q_blk[:, None])
-        allowed = torch.where(clean[:, None], clean[None, :] & clean_rule,
-                              ~clean[None, :] | (q_blk[None, :] < q_blk[:, None]))  # (n, n)
-        if shift and ctx_lo == 0:  # bos sees only itself, and every query sees bos (as in training)
-            allowed[0] = cols == 0
-            allowed[:, 0] = True
-        mask = torch.cat([cached[:, None, :].expand(B, len(cols), -1), allowed[None].expand(B, -1, -1)], dim=2)
-        mask = mask & torch.cat([cached, real], dim=1)[:, None, :]
-        mask[:, :, cached.shape[1]:] |= torch.eye(len(cols), dtype=torch.bool, device=device)  # padding sees itself
+        context, noisy = torch.arange(ctx_lo, lo, device=device), torch.arange(lo, hi, device=device)
+        anchor = torch.tensor([lo - 1], device=device) if shift else noisy[:0]
+        slots = torch.cat([context, anchor, noisy])  # (n,) the canvas column each slot reads
+        n, n_ctx = len(slots), len(context)
+        clean = torch.arange(n, device=device) < n_ctx  # (n,)
+        q_blk = blk[slots]  # (n,)
+        # clean query -> clean keys up to itself (causal) or of blocks <= its own; noisy query -> clean keys of
+        # earlier blocks + its own block (shifted: the clean keys before the anchor, which stands in for column lo - 1)
+        clean_rule = (slots[None, :] <= slots[:, None]) if clean_causal else (q_blk[None, :] <= q_blk[:, None])
+        noisy_rule = ~clean[None, :] | ((slots[None, :] < lo - 1) if shift else (q_blk[None, :] < q_blk[:, None]))
+        allowed = torch.where(clean[:, None], clean[None, :] & clean_rule, noisy_rule)  # (n, n)
+        if shift and ctx_lo == 0 and n_ctx:  # bos sees only itself (as in training)
+            allowed[0] = slots == slots[0]
+            allowed[0, n_ctx:] = False
+        seen = cached[:, None, :].expand(B, n, -1).clone()  # (B, n, Lc)
+        if shift and use_cache and not n_ctx and seen.shape[2]:
+            seen[:, n_ctx:, -1] = False  # column lo - 1 is the last cached one: the block's queries see its anchor instead
+        keys = canvas.attention_mask[:, slots]  # (B, n)
+        if shift:
+            keys = keys & ~((x[:, slots] == process.mask_id) & ~clean[None, :])  # no query sees a [MASK]
+        mask = torch.cat([seen, allowed[None].expand(B, -1, -1) & keys[:, None, :]], dim=2)
+        mask[:, :, cached.shape[1]:] |= torch.eye(n, dtype=torch.bool, device=device)  # every slot sees itself
         mask = mask[:, None]  # (B, 1, n, Lc + n)
-        commit = ctx_hi - ctx_lo if use_cache else 0
-        logits = denoiser(tokens, t, positions=positions[:, ctx_lo:hi], mask=mask, cache=cache,
-                          commit=commit, attention_mask=real)  # (B, n, V)
+        commit = n_ctx if use_cache else 0
+        shift_from = None
+        if shift:  # a block slot is predicted from the slot before it: the anchor for the first
+            shift_from = torch.arange(n, device=device)
+            shift_from[n_ctx + 1:] -= 1
+        logits = denoiser(x[:, slots], t, positions=positions[:, slots], mask=mask, cache=cache,
+                          commit=commit, attention_mask=canvas.attention_mask[:, slots],
+                          **({"shift_from": shift_from} if shift else {}))  # (B, n, V)
         if use_cache:
             pending = slice(lo, lo)
             if window is not None:
                 cache.crop(window)
-        return logits[:, lo - ctx_lo:]  # (B, hi - lo, V)
+        return logits[:, n - (hi - lo):]  # (B, hi - lo, V)
 
     for k in range(n_blocks):
         lo, hi = g + k * b, min(g + (k + 1) * b, L)

@@ -36,6 +36,7 @@ class TrainConfig:
     clean_attention: str = "block"  # block: clean text sees its whole block ("block", BD3-LM) or itself and before ("causal")
     anneal_steps: int = 0  # masked/block: attention within a block opens from causal to bidirectional over these steps
     block_warmup_steps: int = 0  # block: block sizes 1, 2, 4, ... up to block_size over these first steps
+    ar_loss_weight: float = 0.0  # block (shifted, causal clean stream): weight of the clean stream's AR loss (TiDAR)
     # self-distillation through time (dlm distill)
     distill_from: str = ""  # the teacher: a masked or block diffusion checkpoint (the student starts from it)
     distill_rounds: int = 0  # each round halves the sampling steps

@@ -196,7 +196,8 @@ def load_teacher(path: str):
 
 # TrainConfig field -> (the process config key it sets, its neutral value)
 PROCESS_OPTIONS = {"logit_shift": ("shift", False), "clean_attention": ("clean", "block"),
-                   "anneal_steps": ("anneal_steps", 0), "block_warmup_steps": ("warmup_steps", 0)}
+                   "anneal_steps": ("anneal_steps", 0), "block_warmup_steps": ("warmup_steps", 0),
+                   "ar_loss_weight": ("ar_weight", 0.0)}
 
 
 def build_process(config: TrainConfig, tokenizer: Tokenizer):
