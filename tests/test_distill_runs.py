@@ -64,6 +64,11 @@ def test_adaptation_trains_and_samples_from_the_command_line(ar_run, tmp_path, c
     assert code == 0, capsys.readouterr().err
     sample = json.loads(capsys.readouterr().out)
     assert sample["samples"][0].startswith("To be") and sample["nfe"] <= 6 and sample["sampler"] == "block"
+    code = main(["generate", str(out), "--prompt", "To be", "--length", "12", "--sampler", "speculative", "--no-live",
+                 "--json"])
+    assert code == 0, capsys.readouterr().err
+    sample = json.loads(capsys.readouterr().out)
+    assert sample["sampler"] == "speculative" and 1 <= sample["tokens_per_forward"] <= 4
 
 
 def distill_config(root, teacher, **overrides):

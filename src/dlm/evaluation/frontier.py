@@ -71,13 +71,13 @@ class FrontierSuite:
     batch_size: int = 16
     ar_steps: int = 1000  # the AR contestant (and the start of the adaptation)
     short_ar_steps: int = 250  # an AR model of a quarter of the budget
-    block_size: int = 8  # the adapted block model's
-    adapt_steps: int = 120  # at most 25% of the AR model's minutes (a block step reads 2L + 1 tokens)
+    block_size: int = 4  # the adapted block model's
+    adapt_steps: int = 100  # at most 25% of the AR model's minutes (a block step reads about 2L tokens)
     adapt_lr: float = 1e-3
     adapt_anneal_steps: int = 40
-    adapt_warmup_steps: int = 40
+    adapt_warmup_steps: int = 0  # block-size warm-up: at 100 steps it cost 0.035 bits/char (benchmarks/adaptation.py)
     adapt_ar_weight: float = 0.5
-    scratch_steps: int = 1250  # masked from scratch: about the AR model's minutes plus the adaptation's
+    scratch_steps: int = 1500  # masked from scratch: about the AR model's minutes plus the adaptation's
     distill_rounds: int = 3
     distill_round_steps: int = 80
     distill_lr: float = 3e-4
@@ -108,22 +108,26 @@ class FrontierSuite:
         adapted = self.base(cache / "adapted", process="block", block_size=self.block_size, init_from=ar.out,
                             logit_shift=True, clean_attention="causal", anneal_steps=self.adapt_anneal_steps,
                             block_warmup_steps=self.adapt_warmup_steps, ar_loss_weight=self.adapt_ar_weight,
-                            steps=self.adapt_steps, lr=self.adapt_lr, warmup_steps=10)
+                            steps=self.adapt_steps, lr=self.adapt_lr, warmup_steps=10,
+                            ema_decay=0.0)  # over a hundred steps an EMA would still be mostly the AR model
         masked = self.base(cache / "masked", process="masked", steps=self.scratch_steps)
         b = self.block_size
         distill = dict(distill_rounds=self.distill_rounds, steps=self.distill_rounds * self.distill_round_steps,
                        optimizer="adamw", lr=self.distill_lr, min_lr_ratio=1.0, warmup_steps=10, weight_decay=0.0,
-                       ema_decay=0.99)
+                       ema_decay=0.95)  # a horizon of 20 steps, well inside a round
         masked_student = self.base(cache / "masked-sdtt", process="masked", distill_from=masked.out,
                                    teacher_steps=self.masked_teacher_steps, **distill)
-        adapted_student = self.base(cache / "adapted-sdtt", process="block", distill_from=adapted.out,
-                                    teacher_steps=b, **distill)
+        block_rounds = min(self.distill_rounds, b.bit_length() - 1)  # from b steps per block down to at least 1
+        adapted_student = self.base(cache / "adapted-sdtt", process="block", distill_from=adapted.out, teacher_steps=b,
+                                    **{**distill, "distill_rounds": block_rounds,
+                                       "steps": block_rounds * self.distill_round_steps})
         shrink = 2 ** self.distill_rounds
         masked_settings = tuple(Setting(f"{L // k} steps", "ancestral", k) for k in (1, 2, 4, 8)) + tuple(
             Setting(f"threshold {th}, blocks of 32, dual cache", "confidence", 1,
                     {"block_length": 32, "threshold": th, "cache": "dual"}) for th in (0.9, 0.7))
         block_settings = tuple(Setting(f"{b // k} steps per block", "block", k) for k in (1, 2, 4, 8) if k <= b) + tuple(
-            Setting(f"threshold {th}", "block", 1, {"threshold": th}) for th in (0.9, 0.7, 0.5))
+            Setting(f"threshold {th}", "block", 1, {"threshold": th}) for th in (0.9, 0.7, 0.5)) + (
+            Setting("draft and verify", "speculative"),)
         return [
             Contestant("ar", "AR", ar, ar_settings),
             Contestant("ar-short", "AR", self.base(cache / "ar-short", process="ar", steps=self.short_ar_steps),
@@ -137,7 +141,7 @@ class FrontierSuite:
                        tuple(Setting(f"{self.masked_teacher_steps // shrink // k} steps", "ancestral",
                                      L / (self.masked_teacher_steps // shrink // k)) for k in (1, 2))),
             Contestant("adapted-sdtt", "distilled", adapted_student,
-                       (Setting(f"{max(b // shrink, 1)} steps per block", "block", b / max(b // shrink, 1)),)),
+                       (Setting(f"{b >> block_rounds} steps per block", "block", b / (b >> block_rounds)),)),
         ]
 
 

@@ -168,7 +168,7 @@ class BlockDiffusion(Process):
     name = "block"
     bound = "NELBO (upper bound on -log p), masked diffusion within blocks"
     default_sampler = "block"
-    samplers = ("block",)
+    samplers = ("block", "speculative")  # speculative: shifted models with a causal clean stream
     infills = False  # a block sees only the text before it
     absorbing = True  # within a block: the masked process
     extends_context = True  # the sampler slides a window over its cache: it can write past max_len
