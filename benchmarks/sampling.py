@@ -9,13 +9,15 @@ spaced validation chunks) is continued by --length tokens, one prompt at a time 
 
 - tokens per forward pass (generated tokens / nfe), and tokens/s (generated tokens / seconds);
 - quality: the judge's negative log-likelihood of the continuation given the prompt, in bits
-  per character (lower is likelier), and the entropy of the samples' character distribution
-  in bits (a diversity check: degenerate repetition has low NLL and low entropy).
+  per character (lower is likelier), with its standard error over samples, and the entropy of
+  the samples' character distribution in bits (a diversity check: degenerate repetition has low
+  NLL and low entropy). The judge must not be the AR contestant: a model judging its own
+  samples flatters them (greedy AR samples scored 1.135 bits/char by their own model).
 
 Settings: the confidence sampler (LLaDA) in semi-autoregressive blocks of --block-length,
 at temperature 0, with a fixed k = 1, 2, 4, 8 tokens per step and with Fast-dLLM thresholds
 0.99 ... 0.5 (at least one token per step); the threshold settings also run with the dual
-cache. The AR model's own sampler (greedy, KV cache) is the speed baseline. Fast-dLLM's claim
+cache. The AR contestant's own sampler (greedy, KV cache) is the speed baseline. Fast-dLLM's claim
 to check: at equal tokens per forward, thresholds keep quality better than fixed k.
 """
 
@@ -30,7 +32,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from judge import Judge, char_entropy, figure, mean, prompts_from_validation, save_figure  # noqa: E402
+from judge import Judge, char_entropy, figure, prompts_from_validation, save_figure  # noqa: E402
+
+from dlm.evaluation.quality import Judges  # noqa: E402
 
 from dlm.sampling import Canvas, sample_autoregressive, sample_confidence  # noqa: E402
 from dlm.training import load_checkpoint  # noqa: E402
@@ -41,7 +45,7 @@ FIXED_K = (1, 2, 4, 8)
 
 def run_setting(name: str, sample, prompts: list[str], tok, judge, length: int) -> dict:
     nfe = seconds = 0.0
-    nll, texts = [], []
+    texts = []
     eos = tok.specials["eos"]
     warm = Canvas.for_generation([tok.encode(prompts[0])], length, fill_id=tok.mask_id, pad_id=tok.pad_id)
     sample(warm)  # untimed: the first call of a setting pays for allocations and kernel selection
@@ -54,19 +58,21 @@ def run_setting(name: str, sample, prompts: list[str], tok, judge, length: int) 
         nfe += out.nfe
         gen = canvas.generated(out.tokens, 0)
         gen = gen[:gen.index(eos)] if eos in gen else gen  # the judge scores the text, not what follows eos
-        text = tok.decode(gen)
-        texts.append(text)
-        nll.append(judge.bits_per_char(prompt, text))
+        texts.append(tok.decode(gen))
     tokens = length * len(prompts)
+    scores = Judges(judge, None).score(prompts, texts)
     return {"setting": name, "tokens_per_forward": tokens / nfe, "tokens_per_second": tokens / seconds,
-            "judge_bits_per_char": mean(nll), "entropy_bits": char_entropy(texts),
-            "nfe_per_sample": nfe / len(prompts), "example": texts[0][:80]}
+            "judge_bits_per_char": scores["judge_bits_per_char"], "judge_stderr": scores["judge_stderr"],
+            "entropy_bits": char_entropy(texts), "nfe_per_sample": nfe / len(prompts), "example": texts[0][:80]}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a masked-diffusion checkpoint")
-    p.add_argument("--judge", required=True, help="an AR checkpoint of the same data and tokenizer")
+    p.add_argument("--ar", required=True, help="the AR contestant (speed baseline): an AR checkpoint of the same "
+                                             "data and tokenizer")
+    p.add_argument("--judge", required=True, help="an AR checkpoint of the same text that is not a contestant "
+                                                "(e.g. a larger preset trained longer)")
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--prompt-chars", type=int, default=32)
     p.add_argument("--length", type=int, default=64)
@@ -77,11 +83,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, judge = load_checkpoint(args.model), Judge(args.judge)
+    if Path(args.judge).expanduser().resolve() in {Path(p).expanduser().resolve() for p in (args.ar, args.model)}:
+        raise SystemExit("--judge must not be a contestant: a model judging its own samples flatters them")
+    model, judge, ar = load_checkpoint(args.model), Judge(args.judge), Judge(args.ar).ckpt
     tok = model.tokenizer
-    if judge.tokenizer.backend.get_vocab() != tok.backend.get_vocab():
-        raise SystemExit("the AR judge is also the speed baseline: it must share the model's tokenizer "
-                         "(train both on the same data)")
+    if ar.tokenizer.backend.get_vocab() != tok.backend.get_vocab():
+        raise SystemExit("the AR contestant must share the model's tokenizer (train both on the same data)")
     prompts = prompts_from_validation(model, args.prompts, args.prompt_chars)
     G, B = args.length, args.block_length
 
@@ -93,8 +100,8 @@ def main(argv=None) -> int:
     settings += [(f"threshold {th}", confidence(steps=G, threshold=th)) for th in THRESHOLDS]
     settings += [(f"threshold {th} + dual cache", confidence(steps=G, threshold=th, cache="dual"))
                  for th in THRESHOLDS]
-    settings.append(("AR, KV cache", lambda canvas: sample_autoregressive(judge.ckpt.model, judge.ckpt.process,
-                                                                          canvas, temperature=0.0)))
+    settings.append(("AR, KV cache", lambda canvas: sample_autoregressive(ar.model, ar.process, canvas,
+                                                                          temperature=0.0)))
     rows = []
     for name, sample in settings:
         rows.append(run_setting(name, sample, prompts, tok, judge, G))
@@ -105,12 +112,13 @@ def main(argv=None) -> int:
     ar = rows[-1]
     reference = rows[0]  # one token per step
     print(f"\n{len(prompts)} prompts of {args.prompt_chars} characters, {G} tokens each, batch 1, blocks of {B}; "
-          f"model {args.model}, judge {args.judge}\n")
-    print("| setting | tokens/forward | tokens/s | x AR speed | judge bits/char | vs k=1 | entropy (bits) |")
-    print("|---|---|---|---|---|---|---|")
+          f"model {args.model}, AR {args.ar}, judge {args.judge}\n")
+    print("| setting | tokens/forward | tokens/s | x AR speed | judge bits/char | ± stderr | vs k=1 | entropy (bits) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['setting']} | {r['tokens_per_forward']:.2f} | {r['tokens_per_second']:,.0f} | "
               f"{r['tokens_per_second'] / ar['tokens_per_second']:.2f} | {r['judge_bits_per_char']:.3f} | "
+              f"{r['judge_stderr']:.3f} | "
               f"{r['judge_bits_per_char'] / reference['judge_bits_per_char'] - 1:+.1%} | {r['entropy_bits']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -124,7 +132,7 @@ def main(argv=None) -> int:
             for r in pts:
                 ax.annotate(r["setting"].replace("threshold ", ""), (r["tokens_per_forward"], r["judge_bits_per_char"]),
                             textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.axhline(ar["judge_bits_per_char"], color="gray", linestyle=":", label="AR greedy (self-judged)")
+        ax.axhline(ar["judge_bits_per_char"], color="gray", linestyle=":", label="AR greedy")
         ax2.axhline(ar["entropy_bits"], color="gray", linestyle=":", label="AR greedy")
         ax.set_xlabel("tokens per forward pass")
         ax.set_ylabel("judge NLL of the samples (bits/char, lower = likelier)")

@@ -45,11 +45,12 @@ def process(tokenizer):
     return MaskedDiffusion(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id)
 
 
-def build(process_name: str, tokenizer, schedule: str | None = None, *, block_size: int = 4, **model):
-    """A process from the registry with a tiny model of the kind it asks for."""
+def build(process_name: str, tokenizer, schedule: str | None = None, *, block_size: int = 4,
+          options: dict | None = None, **model):
+    """A process from the registry (with its `options`) and a tiny model of the kind it asks for."""
     from dlm.processes import PROCESSES
 
-    settings = {"name": process_name, "block_size": block_size}
+    settings = {"name": process_name, "block_size": block_size, **(options or {})}
     if schedule is not None:
         settings["schedule"] = {"name": schedule}
     process = PROCESSES[process_name].from_config(settings, vocab_size=tokenizer.vocab_size,

@@ -38,11 +38,14 @@ def workdir(tmp_path_factory):
 
 
 def shortened(command: str) -> list[str]:
-    """The command's arguments; a `dlm train` is cut from 5 minutes to a few steps (our flags)."""
+    """The command's arguments; a `dlm train` is cut from 5 minutes to a few steps of the tiny preset, a
+    `dlm distill` to a few steps (our flags)."""
     argv = shlex.split(command)[1:]
+    if argv[0] == "distill":
+        argv += ["--steps", "3", "--batch-size", "2", "--eval-chunks", "2", "--final-eval-chunks", "2", "--no-compile"]
     if argv[0] == "train":
         argv = [a for a in argv if a not in ("--minutes", "5")]
-        argv += ["--steps", "2", "--batch-size", "4", "--eval-chunks", "2", "--final-eval-chunks", "2",
+        argv += ["--steps", "2", "--batch-size", "4", "--preset", "tiny", "--eval-chunks", "2", "--final-eval-chunks", "2",
                  "--no-compile", "--no-progress"]
     return argv
 
@@ -86,9 +89,18 @@ def test_sampling_examples_run_as_written(workdir, monkeypatch):
         assert main(shlex.split(command)[1:]) == 0, command
 
 
+def test_adaptation_and_distillation_examples_run_as_written(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    text = blocks("bash")[4].replace("\\\n", " ")
+    commands = [line for line in text.splitlines() if line.startswith("dlm ")]
+    assert [c.split()[1] for c in commands] == ["train", "train", "generate", "generate", "train", "distill", "generate"]
+    for command in commands:
+        assert main(shortened(command)) == 0, command
+
+
 def test_conditional_examples_run_as_written(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
-    commands = [line for line in blocks("bash")[4].splitlines() if line.startswith("dlm ")]
+    commands = [line for line in blocks("bash")[5].splitlines() if line.startswith("dlm ")]
     assert len(commands) == 2
     for command in commands:
         assert main(shortened(command)) == 0, command

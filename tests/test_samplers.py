@@ -24,16 +24,27 @@ def canvases(tokenizer):
     return {"prompts": prompts, "spans": spans}
 
 
-CASES = [(p, s, sch) for p in sorted(PROCESSES) for s in PROCESSES[p].samplers
-         for sch in (PROCESSES[p].schedules or (None,))]
+# Samplers that a process offers only under some of its options: (process, options, samplers added).
+OPTIONAL = [("block", {"shift": True, "clean": "causal"}, ("speculative",))]
+CASES = [(p, s, sch, None) for p in sorted(PROCESSES) for s in PROCESSES[p].samplers
+         for sch in (PROCESSES[p].schedules or (None,))] + [
+    (p, s, sch, options) for p, options, added in OPTIONAL for s in added for sch in (PROCESSES[p].schedules or (None,))]
 
 
-@pytest.mark.parametrize("process_name,sampler_name,schedule", CASES)
+def test_optional_samplers_follow_the_options(tokenizer):
+    """A process lists a sampler only when its options make it usable."""
+    for p, options, added in OPTIONAL:
+        plain, _ = build(p, tokenizer)
+        opted, _ = build(p, tokenizer, options=options)
+        assert not set(added) & set(plain.samplers) and set(added) <= set(opted.samplers)
+
+
+@pytest.mark.parametrize("process_name,sampler_name,schedule,options", CASES)
 @pytest.mark.parametrize("kind", ["prompts", "spans"])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_sampler_contract(process_name, sampler_name, schedule, kind, temperature, tokenizer):
+def test_sampler_contract(process_name, sampler_name, schedule, options, kind, temperature, tokenizer):
     sampler = SAMPLERS[sampler_name]
-    process, model = build(process_name, tokenizer, schedule)
+    process, model = build(process_name, tokenizer, schedule, options=options)
     canvas = canvases(tokenizer)[kind]
     denoiser = CountingDenoiser(model)
     steps, seen = 16, []

@@ -168,7 +168,7 @@ class BlockDiffusion(Process):
     name = "block"
     bound = "NELBO (upper bound on -log p), masked diffusion within blocks"
     default_sampler = "block"
-    samplers = ("block", "speculative")  # speculative: shifted models with a causal clean stream
+    samplers = ("block",)  # an instance with shift and a causal clean stream adds "speculative" (__init__)
     infills = False  # a block sees only the text before it
     absorbing = True  # within a block: the masked process
     extends_context = True  # the sampler slides a window over its cache: it can write past max_len
@@ -205,6 +205,8 @@ class BlockDiffusion(Process):
         self.anneal_steps, self.warmup_steps = anneal_steps, warmup_steps
         self.ar_weight = ar_weight
         self.ahead_probability = 1.0  # training: chance that a noisy query sees a later position of its block
+        if shift and clean == "causal":  # the causal clean stream is an AR model that can verify drafts
+            self.samplers = ("block", "speculative")
 
     schedule = property(lambda self: self.masked.schedule)
     objective = property(lambda self: self.masked.objective)

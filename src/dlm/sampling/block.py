@@ -189,10 +189,10 @@ def sample_blocks(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas, *
                 s_lo, s_hi = min(lo + j * width, hi), min(lo + (j + 1) * width, hi)
                 span = torch.zeros(hi - lo, dtype=torch.bool, device=device)
                 span[s_lo - lo:s_hi - lo] = True
-                open_now = lambda: (x[:, lo:hi] == process.mask_id) & canvas.editable[:, lo:hi] & span  # noqa: E731
-                counts = transfer_counts(open_now().sum(1), steps_j)  # (B, steps_j)
+                writable = canvas.editable[:, lo:hi] & span  # (B, n): this sub-block's editable positions
+                counts = transfer_counts(((x[:, lo:hi] == process.mask_id) & writable).sum(1), steps_j)  # (B, steps_j)
                 for i in range(steps_j):
-                    still = open_now()  # (B, n)
+                    still = (x[:, lo:hi] == process.mask_id) & writable  # (B, n)
                     if not bool(still.any()):
                         break  # this sub-block is done: its remaining steps cost nothing
                     remaining = (x[:, lo:hi] == process.mask_id).float().mean(1)  # (B,) the block's masked share

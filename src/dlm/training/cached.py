@@ -12,7 +12,7 @@ import torch
 
 from dlm.errors import DlmError
 from dlm.training.checkpoint import Checkpoint, load_checkpoint
-from dlm.training.config import TrainConfig
+from dlm.training.config import RESUME_MAY_CHANGE, TrainConfig
 from dlm.training.performance import resolve_device
 
 
@@ -28,8 +28,10 @@ def ensure_trained(config: TrainConfig, *, progress: bool = False, log: Callable
     if (run_dir / "latest").exists():
         try:
             ckpt = load_checkpoint(run_dir, device=device)
-            # through from_dict, so that a setting added since the run was trained counts at its default
-            same = TrainConfig.from_dict(ckpt.config.get("train") or {}).to_dict() == config.to_dict()
+            # through from_dict, so that a setting added since the run was trained counts at its default;
+            # how a run executes (compile, threads) does not change what it computes
+            what_it_computes = lambda c: {k: v for k, v in c.to_dict().items() if k not in RESUME_MAY_CHANGE}  # noqa: E731
+            same = what_it_computes(TrainConfig.from_dict(ckpt.config.get("train") or {})) == what_it_computes(config)
         except DlmError:
             same, ckpt = False, None
         if same and ckpt.metrics.get("final"):
