@@ -97,15 +97,15 @@ def run(args: argparse.Namespace) -> int:
                       f"({ckpt.process.bound}; held-out Henry VI Part 1 and Richard II)")
     live = sys.stdout.isatty() and not args.json
 
-    def sample(ckpt: Checkpoint, sampler: str, canvas: Canvas, title: str, delay: float, **knobs):
-        """Sample once with the live view (slowed down to be watchable), then again with the same seed
-        and no drawing, for the speed figures (the same tokens: samplers are deterministic given their
-        generator)."""
+    def sample(ckpt: Checkpoint, sampler: str, canvas: Canvas, title: str | None, delay: float = 0.0, **knobs):
+        """Sample once with the live view (slowed down to be watchable; not when `title` is None), then
+        again with the same seed and no drawing, for the speed figures (the same tokens: samplers are
+        deterministic given their generator)."""
         def call(callback=None):
             return SAMPLERS[sampler](ckpt.model, ckpt.process, canvas, steps=canvas.editable.sum(1).max().item(),
                                      generator=torch.Generator(device=device).manual_seed(0), callback=callback,
                                      **knobs)
-        if live:
+        if live and title is not None:
             with LiveView(tok, canvas, delay=delay, title=title) as view:
                 call(view)
         return call()
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     generated_text = PROMPT + tok.decode(canvas.generated(gen.tokens, 0))
     if not live:
         console.print(generated_text, markup=False, highlight=False)
-    race = sample(ar, "autoregressive", canvas, "AR", 0.0)  # the AR model's own KV-cache decoding, not drawn
+    race = sample(ar, "autoregressive", canvas, None)  # the AR model's own KV-cache decoding, not drawn
 
     infill = infill_canvas(parse_template(INFILL), tok, device=device)
     spans = sum(p for p in infill.pieces if isinstance(p, int))

@@ -193,7 +193,9 @@ class BlockDiffusion(Process):
             raise ValueError("anneal_steps and warmup_steps must not be negative")
         if shift and bos_id is None:
             raise ValueError("a shifted block model starts its clean stream with bos: the tokenizer needs one")
-        if ar_weight < 0 or (ar_weight and not (shift and clean == "causal")):
+        # the clean stream is then an AR model: it can take an AR loss and verify drafts (sampling/speculative.py)
+        self.ar_stream = shift and clean == "causal"
+        if ar_weight < 0 or (ar_weight and not self.ar_stream):
             raise ValueError("ar_weight (an AR loss on the clean stream) needs shift and a causal clean stream, and "
                              "must not be negative")
         self.masked = MaskedDiffusion(vocab_size=vocab_size, mask_id=mask_id, pad_id=pad_id if pad_id != eos_id else None,
@@ -205,7 +207,7 @@ class BlockDiffusion(Process):
         self.anneal_steps, self.warmup_steps = anneal_steps, warmup_steps
         self.ar_weight = ar_weight
         self.ahead_probability = 1.0  # training: chance that a noisy query sees a later position of its block
-        if shift and clean == "causal":  # the causal clean stream is an AR model that can verify drafts
+        if self.ar_stream:
             self.samplers = ("block", "speculative")
 
     schedule = property(lambda self: self.masked.schedule)

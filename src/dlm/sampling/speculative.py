@@ -77,7 +77,7 @@ def sample_speculative(denoiser: Denoiser, process: ForwardProcess, canvas: Canv
     with the model's own AR stream (see the module docstring). `steps` is accepted for a uniform
     signature and ignored: the number of passes depends on how many drafts are accepted.
     `window`: the most cache entries a pass attends to (default: the model's max_len)."""
-    if not (getattr(process, "shift", False) and getattr(process, "clean", None) == "causal"):
+    if not getattr(process, "ar_stream", False):
         raise ValueError("speculative decoding verifies drafts with the model's causal clean stream: it needs a "
                          "block diffusion model trained with --logit-shift --clean-attention causal")
     check_knobs(temperature=temperature, top_k=top_k, top_p=top_p)

@@ -16,6 +16,11 @@ from dlm.training.config import RESUME_MAY_CHANGE, TrainConfig
 from dlm.training.performance import resolve_device
 
 
+def what_it_computes(config: TrainConfig) -> dict:
+    """The settings that decide a run's weights: how it executes (compile, threads, FSDP) does not."""
+    return {k: v for k, v in config.to_dict().items() if k not in RESUME_MAY_CHANGE}
+
+
 def ensure_trained(config: TrainConfig, *, progress: bool = False, log: Callable[[str], None] = lambda text: None,
                    what: str = "model", device: torch.device | str | None = None) -> tuple[Checkpoint, str]:
     """The run in config.out, finished with exactly these settings, loaded on `device` (default:
@@ -28,9 +33,7 @@ def ensure_trained(config: TrainConfig, *, progress: bool = False, log: Callable
     if (run_dir / "latest").exists():
         try:
             ckpt = load_checkpoint(run_dir, device=device)
-            # through from_dict, so that a setting added since the run was trained counts at its default;
-            # how a run executes (compile, threads) does not change what it computes
-            what_it_computes = lambda c: {k: v for k, v in c.to_dict().items() if k not in RESUME_MAY_CHANGE}  # noqa: E731
+            # through from_dict, so that a setting added since the run was trained counts at its default
             same = what_it_computes(TrainConfig.from_dict(ckpt.config.get("train") or {})) == what_it_computes(config)
         except DlmError:
             same, ckpt = False, None
