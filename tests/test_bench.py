@@ -71,7 +71,7 @@ def test_bench_end_to_end(tmp_path):
     from dlm.evaluation.report import write_report
 
     suite = suite_named("quick", minutes=0.04, judge_preset="tiny", judge_minutes=0.04, code_minutes=0.04,
-                        compile=False, eval_chunks=4, prompts=2, samples_per_prompt=2, length=16,
+                        compile=False, eval_chunks=4, final_eval_chunks=2, prompts=2, samples_per_prompt=2, length=16,
                         steps_grid=(4, 16), thresholds=(0.5,), speed_lengths=(16, 32), speed_batches=(1, 2),
                         speed_steps=4, infill_cases=2, long_length=48, long_samples=2, ngram_chars=20_000)
     result = run_bench(suite, tmp_path / "cache", log=lambda m: None)

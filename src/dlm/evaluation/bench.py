@@ -49,6 +49,7 @@ class Suite:
     code_minutes: float  # the two BPE models of the Python infilling test
     seq_len: int = 128
     eval_chunks: int = 256  # validation chunks for the likelihood table
+    final_eval_chunks: int = 64  # validation chunks at the end of each model's training (the code models: half)
     prompts: int = 8  # validation prompts for sample quality
     samples_per_prompt: int = 4  # for self-BLEU (samples of one prompt against each other)
     prompt_chars: int = 32
@@ -302,8 +303,8 @@ def machine() -> dict:
 def run_bench(suite: Suite, cache: Path, *, log: Callable[[str], None] = print, progress: bool = False) -> BenchResult:
     """Train (or reuse from `cache`) every model the suite compares, then measure all of it."""
     started = time.perf_counter()
-    base = dict(preset=suite.preset, minutes=suite.minutes, seq_len=suite.seq_len, final_eval_chunks=64,
-                compile=suite.compile)
+    base = dict(preset=suite.preset, minutes=suite.minutes, seq_len=suite.seq_len,
+                final_eval_chunks=suite.final_eval_chunks, compile=suite.compile)
 
     def trained(config: TrainConfig, what: str) -> Checkpoint:
         return ensure_trained(config, progress=progress, log=lambda text: log("  " + text), what=what)[0]
@@ -315,14 +316,15 @@ def run_bench(suite: Suite, cache: Path, *, log: Callable[[str], None] = print, 
     log(f"judge: AR {suite.judge_preset}, {suite.judge_minutes:g} min")
     judge_ckpt = trained(TrainConfig(out=str(cache / "judge"), process="ar", preset=suite.judge_preset,
                                      minutes=suite.judge_minutes, seq_len=2 * suite.seq_len, batch_size=16,
-                                     final_eval_chunks=64, compile=suite.compile), "judge")
+                                     final_eval_chunks=suite.final_eval_chunks, compile=suite.compile), "judge")
     judge = ARJudge(judge_ckpt)
     code = {}
     for name in ("masked", "ar"):
         log(f"code model: {name} (pystdlib, BPE, {suite.code_minutes:g} min)")
         code[name] = trained(TrainConfig(out=str(cache / f"code-{name}"), process=name, preset=suite.preset,
                                          data="pystdlib", tokenizer="bpe", vocab_size=2048,
-                                         minutes=suite.code_minutes, seq_len=suite.seq_len, final_eval_chunks=32,
+                                         minutes=suite.code_minutes, seq_len=suite.seq_len,
+                                         final_eval_chunks=max(suite.final_eval_chunks // 2, 1),
                                          compile=suite.compile), f"{name} code model")
     corpus = load_corpus(models["ar"].config["train"]["data"])
     log("judge: character 5-gram, Kneser-Ney (nltk)")

@@ -549,6 +549,8 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool | None, device: 
                     log({"step": run.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                          "tokens_per_second": recent, "elapsed": now - started})
                     bar.update(run.step, loss=loss, tokens_per_second=recent)
+                if out_of_time and not run.total_steps:  # the budget ran out while still calibrating
+                    run.total_steps = run.step
                 final = run.step == run.total_steps or out_of_time
                 if run.step % cfg.eval_every == 0 or final:
                     est = run.validate(cfg.final_eval_chunks if final else cfg.eval_chunks)

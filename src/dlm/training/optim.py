@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from dlm.training.performance import bf16_is_fast
+
 
 OPTIMIZERS = ("muon", "adamw")
 
@@ -44,13 +46,15 @@ def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr_r
 
 def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """The nearest semi-orthogonal matrix to each G (U V^T of its SVD), approximately, by a quintic
-    Newton-Schulz iteration with Jordan et al.'s coefficients; (..., A, B) -> (..., A, B), bfloat16.
+    Newton-Schulz iteration with Jordan et al.'s coefficients; (..., A, B) -> (..., A, B).
 
-    In bfloat16, as Jordan et al. run it: the iteration only has to land the singular values
-    near 1, and on this machine's AMX bf16 products it is 2.7x faster than float32 (a 384x1536
-    matrix: 26 ms against 71 ms), which for the small preset was most of an optimizer step."""
+    In bfloat16, as Jordan et al. run it, where the hardware has bf16 matrix units: the iteration
+    only has to land the singular values near 1, and on an AMX CPU bf16 products are 2.7x faster
+    than float32 (a 384x1536 matrix: 26 ms against 71 ms). Elsewhere in float32: a CPU without
+    bf16 units (AVX2 only) emulates bf16 products about 150x slower than float32 ones, which made
+    the optimizer step most of a training step."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.bfloat16()
+    X = G.to(torch.bfloat16 if bf16_is_fast(G.device) else torch.float32)
     wide = X.shape[-2] <= X.shape[-1]
     if not wide:
         X = X.mT

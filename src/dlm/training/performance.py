@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import sys
 import warnings
 
@@ -40,6 +41,7 @@ def tune_allocator() -> None:
     _allocator_tuned = True
 
 
+@functools.lru_cache(maxsize=None)
 def bf16_is_fast(device: torch.device) -> bool:
     """bf16 matrix units present: AMX or AVX512-BF16 on CPU, compute capability >= 8 on CUDA."""
     if device.type == "cuda":
