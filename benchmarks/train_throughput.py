@@ -1,11 +1,12 @@
-"""Training throughput of a model preset: tokens/s, achieved GFLOP/s, and % of the bf16 matmul peak.
+"""Training throughput of a model preset: tokens/s, achieved GFLOP/s, and % of the matmul peak.
 
 What is measured: full optimizer steps of masked-diffusion training built as dlm.training.loop
 builds them (Transformer from preset_config, MaskedDiffusion.loss under autocast, backward,
 gradient clipping, fused AdamW step, zero_grad), on random tokens, after tune_allocator() and,
 by default, compile_blocks(). The first steps compile the blocks and are slow, so --warmup steps
 (default 5 compiled, 2 eager) run before --steps timed steps; tokens/s comes from the median timed
-step. The bf16 matrix-product peak is measured in the same run with matmul_peak.measure_peak(),
+step. The matrix-product peak of the run's precision (bf16 where the hardware has bf16 units,
+else fp32) is measured in the same run with matmul_peak.measure_peak(),
 so that the percentage is against what this machine delivers right now (both figures drop when
 other processes share the cores).
 
@@ -22,7 +23,7 @@ diffusion loss runs the head on all L positions (cross-entropy is then taken at 
 Attention adds, per token and layer, 2*L*d_model for Q K^T and 2*L*d_model for A V forward,
 times 3 for forward + backward: 12 * L * d_model (bidirectional: no causal halving).
 
-    python benchmarks/train_throughput.py                       # small, B=32, L=256, bf16, compiled
+    python benchmarks/train_throughput.py                       # small, B=32, L=256, auto precision, compiled
     python benchmarks/train_throughput.py --compare --profile   # + fp32 eager baseline, time breakdown
     python benchmarks/train_throughput.py --json
 
@@ -42,11 +43,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from matmul_peak import cpu_model, measure_peak  # noqa: E402
+from matmul_peak import DTYPES, cpu_model, measure_peak  # noqa: E402
 
+from dlm.evaluation.roofline import flops_per_token, matmul_params  # noqa: E402
 from dlm.models import Transformer, preset_config  # noqa: E402
 from dlm.processes import MaskedDiffusion  # noqa: E402
 from dlm.training.optim import build_optimizer  # noqa: E402
@@ -60,22 +61,6 @@ SDPA_OPS = ("scaled_dot_product", "flash_attention", "efficient_attention")
 COMPILED_MARKS = ("cpp_fused", "triton_", "CompiledFxGraph", "CompiledFunction", "Torch-Compiled Region",
                   "inductor", "graph_")
 OPTIMIZER_OPS = ("_fused_adam", "Optimizer.step")
-
-
-def matmul_params(model: Transformer) -> int:
-    """Weights used in a matrix product for every token: block Linears + the (tied) output head."""
-    n = 0
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and "modulation" not in name and "time_mlp" not in name:
-            n += module.weight.numel()
-    if model.head is None:  # tied: the embedding matrix is the output head (counted once, as a matmul)
-        n += model.embed.weight.numel()
-    return n
-
-
-def flops_per_token(model: Transformer, seq_len: int) -> float:
-    cfg = model.config
-    return 6.0 * matmul_params(model) + 12.0 * cfg.n_layers * seq_len * cfg.d_model
 
 
 class Trainer:
@@ -176,7 +161,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--vocab-size", type=int, default=SHAKESPEARE_VOCAB)
-    parser.add_argument("--precision", choices=["bf16", "fp32", "auto"], default="bf16")
+    parser.add_argument("--precision", choices=["bf16", "fp32", "auto"], default="auto",
+                        help="auto (default): bf16 where the hardware has bf16 matrix units, else fp32")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="compile_blocks(model), as training does (default: on)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
@@ -196,9 +182,10 @@ def main() -> None:
     precision = resolve_precision(args.precision, device)
     say = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
 
-    say(f"measuring the bf16 matmul peak on {device} ...")
-    peak = measure_peak(torch.bfloat16, device, seconds=args.peak_seconds)
-    say(f"bf16 peak: {peak:.1f} GFLOP/s")
+    # the peak of the precision the steps run in (a CPU without bf16 units emulates bf16 at ~1 GFLOP/s)
+    say(f"measuring the {precision} matmul peak on {device} ...")
+    peak = measure_peak(DTYPES[precision], device, seconds=args.peak_seconds)
+    say(f"{precision} peak: {peak:.1f} GFLOP/s")
 
     trainer = Trainer(args.preset, vocab_size=args.vocab_size, batch_size=args.batch_size, seq_len=args.seq_len,
                       precision=precision, compile=args.compile, device=device)
@@ -217,15 +204,15 @@ def main() -> None:
         "vocab_size": args.vocab_size, "precision": precision, "compiled": trainer.compiled,
         "parameters": trainer.model.num_parameters(), "matmul_parameters": matmul_params(trainer.model),
         "flops_per_token": fpt, "warmup_steps": warmup, "steps": args.steps, **timing,
-        "achieved_gflops": round(gflops, 1), "bf16_peak_gflops": round(peak, 1),
-        "percent_of_bf16_peak": round(100 * gflops / peak, 1),
+        "achieved_gflops": round(gflops, 1), "peak_gflops": round(peak, 1),
+        "percent_of_peak": round(100 * gflops / peak, 1),
     }
     result["tokens_per_second"] = round(tps, 1)
     result["mean_tokens_per_second"] = round(timing["mean_tokens_per_second"], 1)
     say(f"{tps:,.0f} tokens/s (median step {1000 * statistics.median(timing['step_seconds']):.0f} ms; "
         f"mean {timing['mean_tokens_per_second']:,.0f} tokens/s)"
         f", warm-up {timing['warmup_seconds']} s; {gflops:.1f} GFLOP/s = "
-        f"{result['percent_of_bf16_peak']}% of the bf16 peak")
+        f"{result['percent_of_peak']}% of the {precision} peak")
 
     if args.profile:
         say("profiling 2 steps ...")

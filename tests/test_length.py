@@ -119,3 +119,10 @@ def test_unknown_length_keeps_the_text_around_the_span(process_name, tokenizer):
             assert (n,) in search.candidates
             assert len(text) <= len("To be, ") + n + len(" to be, that is")  # <= one character per token (eos: none)
         assert torch.isfinite(search.scores).all()
+
+
+def test_a_span_length_of_thousands_of_digits_is_refused_clearly():
+    with pytest.raises(DlmError, match="over 9 digits"):
+        parse_template("a <fill:" + "9" * 5000 + "> b")
+    with pytest.raises(DlmError, match="over 9 digits"):
+        parse_template("a <fill:2-" + "9" * 5000 + "> b")

@@ -311,3 +311,15 @@ def test_block_caches_need_aligned_blocks(tokenizer, process, model):
                                   fill_id=tokenizer.mask_id, pad_id=tokenizer.pad_id)
     with pytest.raises(ValueError, match="same columns"):
         sample_confidence(model, process, canvas, steps=6, block_length=2, cache="prefix")
+
+
+def test_a_top_p_that_rounds_to_zero_keeps_the_most_likely_token(tokenizer):
+    from dlm.sampling.categorical import filter_logits
+
+    logits = torch.randn(3, 5, tokenizer.vocab_size, generator=torch.Generator().manual_seed(0))
+    kept = filter_logits(logits, top_p=1e-46).isfinite()  # 1e-46 is 0 in float32: it used to drop every token
+    assert torch.equal(kept, torch.nn.functional.one_hot(logits.argmax(-1), tokenizer.vocab_size).bool())
+    process, model = build("masked", tokenizer)
+    canvas = Canvas.for_generation([tokenizer.encode("To be")], 6, fill_id=process.mask_id, pad_id=tokenizer.pad_id)
+    out = sample_ancestral(model, process, canvas, steps=3, top_p=1e-46, generator=torch.Generator().manual_seed(0))
+    assert not (out.tokens == process.mask_id).any()  # every position written: never an empty completion

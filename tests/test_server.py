@@ -189,6 +189,17 @@ BAD = [
 ]
 
 
+def test_deeply_nested_json_is_a_400_in_the_openai_shape(client):
+    body = '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    r = client.post("/v1/completions", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
+
+
+def test_a_span_too_long_to_be_a_number_is_a_400(client):
+    r = client.post("/v1/infill", json={"text": "To be <fill:" + "9" * 5000 + ">"})
+    assert r.status_code == 400 and "digits" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("body,status,message", BAD, ids=[m for _, _, m in BAD])
 def test_bad_completion_is_a_4xx_that_says_what_to_change(client, body, status, message):
     r = client.post("/v1/completions", json=body)
@@ -460,7 +471,7 @@ def test_fuzzed_requests_never_get_a_5xx(ckpt):
     from hypothesis import strategies as st
 
     limits = Limits(max_tokens=8, max_steps=8, max_n=2, max_prompts=2, max_rows=4, max_stop=2, timeout_s=20)
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 40), st.integers(), st.floats(allow_nan=False),
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 40), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
                         st.text(max_size=12), st.sampled_from(["To be", "confidence", "ancestral", "remdm", "tiny"]))
     value = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5),
                                                                                               inner, max_size=2),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dlm.models import PRESETS, ModelConfig, Transformer, preset_config
-from dlm.models.transformer import explicit_attention
+from dlm.models.transformer import KVCache, explicit_attention
 
 from conftest import tiny_model
 
@@ -102,3 +102,41 @@ def test_config_validation():
         ModelConfig(vocab_size=10, d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="attention"):
         ModelConfig(vocab_size=10, attention="sideways")
+
+
+@pytest.mark.parametrize("capacity", [0, 3, 64])
+def test_kv_cache_written_in_place_holds_what_concatenation_would(capacity):
+    """join/commit against a plain list of committed columns, through growth, crop and select."""
+    g = torch.Generator().manual_seed(0)
+    cache, ref_k, ref_v, ref_valid = KVCache(capacity), [], [], []
+
+    def new(n):
+        return (torch.randn(2, 2, n, 4, generator=g), torch.randn(2, 2, n, 4, generator=g),
+                torch.rand(2, n, generator=g) > 0.3)
+
+    for n, commit in ((5, 5), (3, 0), (4, 2), (1, 1), (7, 7), (2, 0)):
+        k, v, real = new(n)
+        for layer in range(2):
+            k_all, v_all = cache.join(layer, k + layer, v - layer)
+            before = torch.cat(ref_k + [k[:, :, :0]], 2) if ref_k else k[:, :, :0]
+            assert torch.equal(k_all, torch.cat([before + layer, k + layer], 2))  # the cache, then this pass
+            assert torch.equal(v_all[:, :, -n:], v - layer)
+        if commit:
+            cache.commit(real[:, :commit])
+            ref_k.append(k[:, :, :commit])
+            ref_v.append(v[:, :, :commit])
+            ref_valid.append(real[:, :commit])
+        assert len(cache) == sum(t.shape[2] for t in ref_k)
+        assert torch.equal(cache.keys[1], torch.cat(ref_k, 2) + 1)
+        assert torch.equal(cache.values[0], torch.cat(ref_v, 2))
+        assert torch.equal(cache.valid, torch.cat(ref_valid, 1))
+    keys, valid = torch.cat(ref_k, 2), torch.cat(ref_valid, 1)
+    columns = torch.tensor([0, 2, 3, 9, 14])
+    chosen = cache.select(columns)
+    assert torch.equal(chosen.keys[0], keys[:, :, columns]) and torch.equal(chosen.valid, valid[:, columns])
+    k, v, _ = new(4)  # a pass after a selection attends to the kept columns, then its own
+    assert torch.equal(chosen.join(0, k, v)[0], torch.cat([keys[:, :, columns], k], 2))
+    cache.crop(6)
+    assert torch.equal(cache.keys[0], keys[:, :, -6:]) and torch.equal(cache.valid, valid[:, -6:])
+    cache.valid[:, 0] = False  # a view: writing it writes the cache (draft-and-verify hides rejected keys)
+    assert not cache.valid[:, 0].any()

@@ -70,7 +70,8 @@ class Tokenizer:
             return  # byte-level BPE encodes every string
         unknown = set(text) - self._alphabet
         if unknown:
-            first = min(text.index(c) for c in unknown)
+            # one pass over the text (not one search per unknown character: quadratic on hostile input)
+            first = next(i for i, c in enumerate(text) if c in unknown)
             ch = text[first]
             others = sorted(unknown - {ch})
             more = f" (and {len(others)} more: {''.join(others)[:20]!r})" if others else ""

@@ -305,3 +305,73 @@ def write_frontier(result, out: Path) -> Path:
     path = out / "frontier.md"
     path.write_text(frontier_markdown(result))
     return path
+
+
+# -- the roofline (benchmarks/roofline.py) -----------------------------------------------------
+
+def roofline_plot(result: dict, path: Path) -> None:
+    """Measured seconds against the hardware's limit, log-log: the diagonal is the roofline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.6, 4.6))
+    steps = list(dict.fromkeys(r["step"] for r in result["rows"]))
+    markers = dict(zip(sorted({r["preset"] for r in result["rows"]}), "osD^v"))
+    for i, step in enumerate(steps):
+        rows = [r for r in result["rows"] if r["step"] == step]
+        for preset, marker in markers.items():
+            mine = [r for r in rows if r["preset"] == preset]
+            if mine:
+                ax.scatter([r["limit_seconds"] * 1e3 for r in mine], [r["seconds"] * 1e3 for r in mine],
+                           color=f"C{i}", marker=marker, label=f"{step}, {preset}", s=28)
+    lo = min(r["limit_seconds"] for r in result["rows"]) * 1e3
+    hi = max(r["seconds"] for r in result["rows"]) * 1e3
+    for factor, style in ((1, "-"), (3, "--"), (10, ":")):
+        ax.plot([lo, hi / factor], [lo * factor, hi], "k" + style, lw=0.8, label=f"{factor}x the limit")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("limit: max(FLOPs / peak, bytes / bandwidth), ms")
+    ax.set_ylabel("measured step, ms")
+    ax.set_title(f"dlm steps against the roofline ({result['dtype']}, {result.get('machine', {}).get('cpu', '')})",
+                 fontsize=8)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def roofline_markdown(result: dict, before: dict | None = None, plot_name: str = "roofline.png") -> str:
+    machine = result.get("machine", {})
+    lines = ["# The roofline of dlm's steps\n",
+             f"Machine: {machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, torch "
+             f"{machine.get('torch', '?')}; precision {result['dtype']}; measured peak "
+             f"{result['peak_flops'] / 1e9:.0f} GFLOP/s, copy bandwidth {result['bandwidth'] / 1e9:.1f} GB/s. "
+             f"Canvas: {result['shape']['prompt']} prompt + {result['shape']['generate']} generated tokens, blocks "
+             f"of {result['shape']['block']}; training sequences of {result['shape']['train_seq_len']}.\n",
+             f"![roofline]({plot_name})\n"]
+    old = {(r["preset"], r["batch"], r["step"]): r for r in (before or {}).get("rows", [])}
+    header = ["preset", "batch", "step", "ms", "limit ms", "x limit"] + (["before ms", "speed-up"] if old else [])
+    rows = []
+    for r in result["rows"]:
+        row = [r["preset"], r["batch"], r["step"], fmt(r["seconds"] * 1e3, 2), fmt(r["limit_seconds"] * 1e3, 3),
+               fmt(r["ratio"], 1)]
+        if old:
+            b = old.get((r["preset"], r["batch"], r["step"]))
+            row += [fmt(b["seconds"] * 1e3, 2), fmt(b["seconds"] / r["seconds"], 2)] if b else ["", ""]
+        rows.append(row)
+    lines.append(table(header, rows))
+    fractions = ", ".join(f"{p}: {100 * f:.1f}%" for p, f in result["train_fraction_of_peak"].items())
+    lines.append(f"\nTraining (the best batch) reaches {fractions} of the matrix peak.\n")
+    return "\n".join(lines)
+
+
+def write_roofline(result: dict, out: Path, before: dict | None = None) -> Path:
+    """roofline.json, roofline.md (with a before column when `before` is given) and roofline.png in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "roofline.json").write_text(json.dumps(result, indent=2, default=str))
+    roofline_plot(result, out / "roofline.png")
+    path = out / "roofline.md"
+    path.write_text(roofline_markdown(result, before))
+    return path

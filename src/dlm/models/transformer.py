@@ -15,7 +15,9 @@ keys and values of committed tokens for the AR and block samplers.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -148,64 +150,138 @@ class KVCache:
     RoPE attention depends only on relative positions, so a window of at most the trained
     context lets a model generate past it.
 
+    Storage is preallocated and written in place: each layer's buffer (B, Hkv, capacity, hd)
+    holds the committed keys in its first Lc columns, and a pass writes its own keys right after
+    them, so attention reads one contiguous slice and committing n tokens only moves the length
+    (no copy). The capacity is given (a sampler passes its canvas) or grows by doubling.
+
     A model with ``logit_shift`` predicts token i from position i - 1, so a cached call's first
     token needs the final hidden state of the token before it: committing also stores the final
     hidden states (``hidden``), and ``before`` is the one the next call continues from (the last
     committed token; after ``select`` drops a span, the token just before that span)."""
 
-    def __init__(self):
-        self.keys: list[Tensor] = []  # one entry per layer, filled by the first committing pass
-        self.values: list[Tensor] = []
-        self.valid: Tensor | None = None  # (B, Lc) bool: False for cached padding
-        self.hidden: Tensor | None = None  # (B, Lc, D) final hidden states (logit_shift models only)
+    def __init__(self, capacity: int = 0):
+        self.capacity = capacity  # columns to allocate at the first pass (at least what it needs)
+        self._keys: list[Tensor] = []  # (B, Hkv, capacity, hd) per layer, allocated by the first pass
+        self._values: list[Tensor] = []
+        self._valid: Tensor | None = None  # (B, capacity) bool: False for cached padding
+        self._hidden: Tensor | None = None  # (B, capacity, D) final hidden states (logit_shift models only)
+        self.length = 0  # committed columns
         self.before: Tensor | None = None  # (B, D) the hidden state a cached call's first token is predicted from
 
     def __len__(self) -> int:
-        return 0 if self.valid is None else self.valid.shape[1]
+        return self.length
 
-    def layer(self, i: int) -> tuple[Tensor | None, Tensor | None]:
-        return (self.keys[i], self.values[i]) if i < len(self.keys) else (None, None)
+    # the committed part, as views of the buffers (writes to them write the cache)
+    @property
+    def keys(self) -> list[Tensor]:
+        return [k[:, :, :self.length] for k in self._keys]
 
-    def store(self, i: int, k: Tensor, v: Tensor) -> None:
-        if i == len(self.keys):
-            self.keys.append(k)
-            self.values.append(v)
-        else:
-            self.keys[i] = torch.cat([self.keys[i], k], dim=2)
-            self.values[i] = torch.cat([self.values[i], v], dim=2)
+    @property
+    def values(self) -> list[Tensor]:
+        return [v[:, :, :self.length] for v in self._values]
 
-    def store_hidden(self, h: Tensor) -> None:
-        """Append the final hidden states (B, n, D) of committed tokens; the last one comes before the next call."""
-        self.hidden = h if self.hidden is None else torch.cat([self.hidden, h], dim=1)
-        self.before = h[:, -1]
+    @property
+    def valid(self) -> Tensor | None:
+        return None if self._valid is None else self._valid[:, :self.length]
+
+    @property
+    def hidden(self) -> Tensor | None:
+        return None if self._hidden is None else self._hidden[:, :self.length]
+
+    def _room(self, columns: int) -> int:
+        """Grow every buffer to hold at least `columns` (doubling); -> the capacity."""
+        have = self._valid.shape[1]
+        if columns <= have:
+            return have
+        size = max(columns, 2 * have)
+
+        def grown(t: Tensor, dim: int) -> Tensor:
+            shape = list(t.shape)
+            shape[dim] = size
+            out = t.new_empty(shape)
+            out.narrow(dim, 0, self.length).copy_(t.narrow(dim, 0, self.length))
+            return out
+
+        self._keys = [grown(k, 2) for k in self._keys]
+        self._values = [grown(v, 2) for v in self._values]
+        self._valid = grown(self._valid, 1)
+        if self._hidden is not None:
+            self._hidden = grown(self._hidden, 1)
+        return size
+
+    def join(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Layer i: write this pass's keys and values (B, Hkv, n, hd) after the committed ones and
+        return all of them, (B, Hkv, Lc + n, hd) each, as views of the buffer."""
+        B, H, n, hd = k.shape
+        end = self.length + n
+        if self._valid is None:
+            self._valid = torch.zeros(B, max(self.capacity, end), dtype=torch.bool, device=k.device)
+        elif i == 0:
+            self._room(end)
+        if i == len(self._keys):  # the first pass allocates each layer's buffers
+            size = self._valid.shape[1]
+            self._keys.append(k.new_empty(B, H, size, hd))
+            self._values.append(v.new_empty(B, H, size, hd))
+        keys, values = self._keys[i], self._values[i]
+        keys[:, :, self.length:end] = k
+        values[:, :, self.length:end] = v
+        return keys[:, :, :end].to(k.dtype), values[:, :, :end].to(v.dtype)
+
+    def commit(self, real: Tensor, hidden: Tensor | None = None) -> None:
+        """Keep the first n columns of the last pass: their keys (already written by `join`), which are
+        real (B, n) and, for a logit_shift model, their final hidden states (B, n, D)."""
+        n = real.shape[1]
+        end = self.length + n
+        self._valid[:, self.length:end] = real
+        if hidden is not None:
+            if self._hidden is None:
+                self._hidden = hidden.new_empty(hidden.shape[0], self._valid.shape[1], hidden.shape[2])
+            self._hidden[:, self.length:end] = hidden
+            self.before = hidden[:, -1]
+        self.length = end
 
     def select(self, columns: Tensor) -> "KVCache":
         """A new cache holding only the given cached positions (a (Lc,) bool or index tensor). The
         next call is taken to fill the first dropped span, so it continues from the token before it."""
         out = KVCache()
-        out.keys = [k[:, :, columns] for k in self.keys]
-        out.values = [v[:, :, columns] for v in self.values]
-        out.valid = self.valid[:, columns]
-        if self.hidden is not None:
-            kept = torch.zeros(len(self), dtype=torch.bool, device=self.hidden.device)
+        keys, values, valid, hidden = self.keys, self.values, self.valid, self.hidden
+        kept = valid[:, columns]  # (B, Lk)
+        out.length = kept.shape[1]
+        room = self._valid.shape[1]  # as much room as this cache: the next passes fill the dropped columns
+
+        def gathered(t: Tensor, dim: int, part: Tensor) -> Tensor:
+            shape = list(t.shape)
+            shape[dim] = room
+            buffer = t.new_empty(shape)
+            buffer.narrow(dim, 0, out.length).copy_(part)
+            return buffer
+
+        out._keys = [gathered(k, 2, k[:, :, columns]) for k in keys]
+        out._values = [gathered(v, 2, v[:, :, columns]) for v in values]
+        out._valid = gathered(self._valid, 1, kept)
+        if hidden is not None:
+            kept = torch.zeros(len(self), dtype=torch.bool, device=hidden.device)
             kept[columns] = True
             dropped = (~kept).nonzero()
-            out.hidden = self.hidden[:, columns]
+            out._hidden = gathered(self._hidden, 1, hidden[:, columns])
             if not len(dropped):
                 out.before = self.before
             elif int(dropped[0]) > 0:
-                out.before = self.hidden[:, int(dropped[0]) - 1]
+                out.before = hidden[:, int(dropped[0]) - 1]
         return out
 
     def crop(self, n: int) -> None:
-        """Keep the last n cached positions."""
+        """Keep the last n cached positions (moved to the front of the buffers)."""
         if len(self) <= n:
             return
-        self.keys = [k[:, :, -n:] for k in self.keys]
-        self.values = [v[:, :, -n:] for v in self.values]
-        self.valid = self.valid[:, -n:]
-        if self.hidden is not None:
-            self.hidden = self.hidden[:, -n:]
+        lo = self.length - n
+        for t in self._keys + self._values:
+            t[:, :, :n] = t[:, :, lo:self.length].clone()
+        self._valid[:, :n] = self._valid[:, lo:self.length].clone()
+        if self._hidden is not None:
+            self._hidden[:, :n] = self._hidden[:, lo:self.length].clone()
+        self.length = n
 
 
 class Attention(nn.Module):
@@ -220,9 +296,9 @@ class Attention(nn.Module):
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool,
-                past: tuple[Tensor | None, Tensor | None] = (None, None)) -> tuple[Tensor, Tensor, Tensor]:
-        """-> output (B, L, D) and this call's rotated keys and values (B, Hkv, L, hd) for a cache.
-        `past` holds cached keys/values (B, Hkv, Lc, hd) that the queries also attend to."""
+                past: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None) -> Tensor:
+        """-> output (B, L, D). `past`, for a KV cache, takes this call's rotated keys and values
+        (B, Hkv, L, hd) and returns the cached ones before them, (B, Hkv, Lc + L, hd) each."""
         B, L, D = x.shape
         kv = self.n_kv_heads * self.head_dim
         q, k, v = self.qkv(x).split([D, kv, kv], dim=-1)  # (B, L, D), 2 x (B, L, Hkv * hd)
@@ -231,15 +307,13 @@ class Attention(nn.Module):
         v = v.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_all, v_all = k, v
-        if past[0] is not None:
-            k_all, v_all = torch.cat([past[0].to(k.dtype), k], dim=2), torch.cat([past[1].to(v.dtype), v], dim=2)
+        k_all, v_all = (k, v) if past is None else past(k, v)
         if self.n_kv_heads != self.n_heads:
             group = self.n_heads // self.n_kv_heads
             k_all = k_all.repeat_interleave(group, dim=1)  # (B, H, Lc + L, hd)
             v_all = v_all.repeat_interleave(group, dim=1)  # (B, H, Lc + L, hd)
         y = attention(q, k_all, v_all, mask, causal)  # (B, H, L, hd)
-        return self.out(y.transpose(1, 2).reshape(B, L, D)), k, v  # (B, L, D)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
 
 
 class SwiGLU(nn.Module):
@@ -267,16 +341,14 @@ class Block(nn.Module):
         self.modulation = nn.Linear(cfg.d_model, 6 * cfg.d_model) if cfg.time_conditioning else None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool,
-                temb: Tensor | None, past: tuple = (None, None)) -> tuple[Tensor, Tensor, Tensor]:
-        """-> (B, L, D), and the attention's keys and values (for a KV cache)."""
+                temb: Tensor | None, past: Callable | None = None) -> Tensor:
+        """-> (B, L, D); `past` as for Attention."""
         if self.modulation is None:
-            a, k, v = self.attn(self.norm1(x), cos, sin, mask, causal, past)
-            x = x + a
-            return x + self.ffn(self.norm2(x)), k, v
+            x = x + self.attn(self.norm1(x), cos, sin, mask, causal, past)
+            return x + self.ffn(self.norm2(x))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(temb)[:, None].chunk(6, dim=-1)  # (B, 1, D)
-        a, k, v = self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, mask, causal, past)
-        x = x + gate1 * a
-        return x + gate2 * self.ffn(self.norm2(x) * (1 + scale2) + shift2), k, v
+        x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, mask, causal, past)
+        return x + gate2 * self.ffn(self.norm2(x) * (1 + scale2) + shift2)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -391,19 +463,14 @@ class Transformer(nn.Module):
         else:
             h = self.embed(x_t)  # (B, L, D)
         for i, block in enumerate(self.blocks):
-            past = cache.layer(i) if cache is not None else (None, None)
-            h, k, v = block(h, cos, sin, mask, causal, temb, past)
-            if commit:
-                cache.store(i, k[:, :, :commit], v[:, :, :commit])
+            past = None if cache is None else functools.partial(cache.join, i)
+            h = block(h, cos, sin, mask, causal, temb, past)
+        h = self.norm(h)
+        before = None if cache is None else cache.before  # (B, D) or None: read before this call commits
         if commit:
             real = attention_mask if attention_mask is not None else torch.ones(B, L, dtype=torch.bool, device=h.device)
-            real = real[:, :commit]  # (B, commit)
-            cache.valid = real if cache.valid is None else torch.cat([cache.valid, real], dim=1)
-        h = self.norm(h)
+            cache.commit(real[:, :commit], h[:, :commit] if cfg.logit_shift else None)  # (B, commit)
         if cfg.logit_shift:
-            before = None if cache is None else cache.before  # (B, D) or None: read before this call commits
-            if commit:
-                cache.store_hidden(h[:, :commit])
             if shift_from is not None:
                 h = h[:, shift_from]  # (B, L, D)
             else:

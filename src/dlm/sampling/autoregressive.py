@@ -52,7 +52,7 @@ def sample_autoregressive(denoiser: Denoiser, process: ForwardProcess, canvas: C
     real = torch.cat([torch.ones_like(bos, dtype=torch.bool), canvas.attention_mask], dim=1)  # (B, 1 + L)
     positions = real.long().cumsum(-1) - 1  # (B, 1 + L): bos at 0, padding does not count
     t = torch.zeros(B, device=device)
-    cache = KVCache() if use_cache else None
+    cache = KVCache(capacity=1 + L) if use_cache else None  # preallocated to the canvas
     nfe = 0
     record = StepRecorder(canvas, steps=L - g, callback=callback, record_history=record_history, start=start_time)
 

@@ -103,7 +103,7 @@ def sample_blocks(denoiser: Denoiser, process: ForwardProcess, canvas: Canvas, *
     positions = (canvas.attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
     blk = block_ids(L, b, start=g, device=device)  # (L,): the generation starts a block
     x = canvas.tokens.clone()
-    cache = KVCache() if use_cache else None
+    cache = KVCache(capacity=L + 1) if use_cache else None  # preallocated to the canvas (+ an anchor)
     pending = slice(max(0, g - window) if window is not None else 0, g)  # clean columns not yet in the cache (the prompt, then each finished block)
     reuse = not depends_on_time(denoiser)
     nfe, step = 0, 0

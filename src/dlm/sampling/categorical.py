@@ -34,7 +34,8 @@ def filter_logits(logits: Tensor, *, temperature: float = 1.0, top_k: int | None
     if top_p is not None and top_p < 1:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         mass_before = sorted_logits.softmax(-1).cumsum(-1) - sorted_logits.softmax(-1)  # (..., V)
-        drop_sorted = mass_before >= top_p  # the first token is always kept
+        drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False  # the most likely token always stays (a p that rounds to 0 in float32)
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
     return logits
 

@@ -22,6 +22,7 @@ from dlm.sampling.canvas import Canvas
 
 SPAN = re.compile(r"<fill:(\d+)(?:-(\d+))?>")
 SPAN_LIKE = re.compile(r"<fill\b[^>]*>?")
+MAX_SPAN_DIGITS = 9  # far above any context; keeps int() away from Python's 4,300-digit limit
 
 Piece = str | int | range  # literal text, a span of that many tokens, or of one of the range's lengths
 
@@ -37,6 +38,9 @@ def parse_template(text: str) -> list[Piece]:
             raise DlmError(f"malformed span {m.group(0)!r} at character {m.start()}: write <fill:N> with N "
                            f"the number of tokens to generate, e.g. <fill:12>, or <fill:A-B> for a length "
                            f"between A and B")
+        if max(len(span.group(1)), len(span.group(2) or "")) > MAX_SPAN_DIGITS:
+            raise DlmError(f"span at character {m.start()} asks for a length of over {MAX_SPAN_DIGITS} digits; "
+                           f"write <fill:N> with N the number of tokens to generate")
         n = int(span.group(1))
         high = n if span.group(2) is None else int(span.group(2))
         if n < 1:

@@ -67,6 +67,8 @@ async def read_json(request: Request, limit: int):
             raise ApiError(413, f"the body is over the limit of {limit} bytes")
     try:
         return json.loads(body)
+    except RecursionError:
+        raise ApiError(400, "the body's JSON is nested too deeply; send a flat JSON object") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise ApiError(400, f"the body is not valid JSON ({e}); send a JSON object with "
                             f"Content-Type: application/json") from None
