@@ -138,11 +138,15 @@ class Shape:
     train_seq_len: int = 256
 
 
+def process_named(process_name: str, **settings):
+    cls = PROCESSES[process_name]
+    return cls.from_config({**getattr(cls, "TRAINING_DEFAULTS", {}), "name": process_name, **settings},
+                           vocab_size=VOCAB, special_ids=SPECIALS)
+
+
 def build(preset: str, process_name: str, shape: Shape, device: torch.device, **process_settings):
     """A model with random weights for `process_name` (its attention, shift, ...) and the process."""
-    cls = PROCESSES[process_name]
-    process = cls.from_config({**getattr(cls, "TRAINING_DEFAULTS", {}), "name": process_name, **process_settings},
-                              vocab_size=VOCAB, special_ids=SPECIALS)
+    process = process_named(process_name, **process_settings)
     torch.manual_seed(0)
     cfg = preset_config(preset, vocab_size=VOCAB, max_len=shape.prompt + shape.generate + 1,
                         **process.model_options())
@@ -194,7 +198,7 @@ def decoding_passes(step: str, preset: str, batch: int, shape: Shape, device: to
 @functools.lru_cache(maxsize=1)
 def trainer(preset: str, shape: Shape, device: torch.device, compile: bool):
     """A masked-diffusion model, its process and optimizer (compiled once for every batch size)."""
-    process = build(preset, "masked", shape, device)[1]
+    process = process_named("masked")
     torch.manual_seed(0)
     model = Transformer(preset_config(preset, vocab_size=VOCAB, max_len=shape.train_seq_len)).to(device)
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99))

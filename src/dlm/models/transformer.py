@@ -140,6 +140,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
 
 
+def buffer_with(like: Tensor, dim: int, size: int, part: Tensor) -> Tensor:
+    """A new buffer shaped as `like` but `size` long along `dim`, starting with `part` (the rest unset)."""
+    shape = list(like.shape)
+    shape[dim] = size
+    out = like.new_empty(shape)
+    out.narrow(dim, 0, part.shape[dim]).copy_(part)
+    return out
+
+
 class KVCache:
     """Rotated keys and values of committed tokens, per layer, each (B, Hkv, Lc, hd), and which of
     those Lc positions are real tokens (B, Lc).
@@ -195,19 +204,12 @@ class KVCache:
         if columns <= have:
             return have
         size = max(columns, 2 * have)
-
-        def grown(t: Tensor, dim: int) -> Tensor:
-            shape = list(t.shape)
-            shape[dim] = size
-            out = t.new_empty(shape)
-            out.narrow(dim, 0, self.length).copy_(t.narrow(dim, 0, self.length))
-            return out
-
-        self._keys = [grown(k, 2) for k in self._keys]
-        self._values = [grown(v, 2) for v in self._values]
-        self._valid = grown(self._valid, 1)
+        n = self.length
+        self._keys = [buffer_with(k, 2, size, k[:, :, :n]) for k in self._keys]
+        self._values = [buffer_with(v, 2, size, v[:, :, :n]) for v in self._values]
+        self._valid = buffer_with(self._valid, 1, size, self._valid[:, :n])
         if self._hidden is not None:
-            self._hidden = grown(self._hidden, 1)
+            self._hidden = buffer_with(self._hidden, 1, size, self._hidden[:, :n])
         return size
 
     def join(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -249,22 +251,14 @@ class KVCache:
         kept = valid[:, columns]  # (B, Lk)
         out.length = kept.shape[1]
         room = self._valid.shape[1]  # as much room as this cache: the next passes fill the dropped columns
-
-        def gathered(t: Tensor, dim: int, part: Tensor) -> Tensor:
-            shape = list(t.shape)
-            shape[dim] = room
-            buffer = t.new_empty(shape)
-            buffer.narrow(dim, 0, out.length).copy_(part)
-            return buffer
-
-        out._keys = [gathered(k, 2, k[:, :, columns]) for k in keys]
-        out._values = [gathered(v, 2, v[:, :, columns]) for v in values]
-        out._valid = gathered(self._valid, 1, kept)
+        out._keys = [buffer_with(k, 2, room, k[:, :, columns]) for k in keys]
+        out._values = [buffer_with(v, 2, room, v[:, :, columns]) for v in values]
+        out._valid = buffer_with(self._valid, 1, room, kept)
         if hidden is not None:
             kept = torch.zeros(len(self), dtype=torch.bool, device=hidden.device)
             kept[columns] = True
             dropped = (~kept).nonzero()
-            out._hidden = gathered(self._hidden, 1, hidden[:, columns])
+            out._hidden = buffer_with(self._hidden, 1, room, hidden[:, columns])
             if not len(dropped):
                 out.before = self.before
             elif int(dropped[0]) > 0:
