@@ -171,9 +171,14 @@ def _read_jsonl(path: pathlib.Path) -> list[str] | list[Pair]:
 
 
 def load_corpus(spec: str) -> Corpus:
-    """A built-in corpus by name, or a path: a .txt file, a folder of .txt files, or a .jsonl file."""
+    """A built-in corpus by name, a reasoning task (dlm.data.tasks), or a path: a .txt file, a folder
+    of .txt files, or a .jsonl file."""
     if spec in BUILTIN_CORPORA:
         return BUILTIN_CORPORA[spec]()
+    from dlm.data.tasks import is_task, task_corpus
+
+    if is_task(spec):  # a reasoning task: sudoku, sudoku6, countdown, paths (+ ":key=value,...")
+        return task_corpus(spec)
     path = pathlib.Path(spec).expanduser()
     if not path.exists():
         raise DlmError(f"corpus {spec!r} is neither a built-in corpus ({', '.join(BUILTIN_CORPORA)}) "
