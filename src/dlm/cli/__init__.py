@@ -143,8 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "BPE models of Python, then measures likelihood, judged quality and "
                                    "diversity, quality against steps and parallelism, speed against length, "
                                    "infilling and long outputs; writes report.md, report.json and PNG plots.")
-    p.add_argument("--suite", choices=["quick", "full"], default="quick",
-                   help="quick: tiny models, about 12 minutes on 2 cores; full: longer training, more samples")
+    p.add_argument("--suite", choices=["quick", "full", "reasoning", "reasoning-quick", "epochs", "epochs-quick"],
+                   default="quick",
+                   help="quick: tiny models, about 12 minutes on 2 cores; full: longer training, more samples; "
+                        "reasoning(-quick): Sudoku, Countdown, path planning solved by masked diffusion and AR; "
+                        "epochs(-quick): a small corpus repeated for many epochs (see docs/architecture.md)")
     p.add_argument("--out", default="bench", help="folder for report.md, report.json and the plots")
     p.add_argument("--cache", default=None, help="where the trained models live (default ~/.cache/dlm/bench-SUITE)")
     p.add_argument("--minutes", type=non_negative_float, default=None,

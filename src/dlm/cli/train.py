@@ -14,7 +14,8 @@ HELP = {
     "process": "forward process: masked, uniform, gaussian, block (--block-size) or ar",
     "block_size": "block diffusion: tokens per block (1 = autoregressive, --seq-len = masked diffusion)",
     "preset": "model size: tiny (~1M params), small (~10M), base (~40M)",
-    "data": "shakespeare, pystdlib, or a path: .txt file, folder of .txt files, .jsonl with a \"text\" field",
+    "data": "shakespeare, pystdlib, a reasoning task (sudoku, sudoku6, countdown, paths; parameters as in "
+            "sudoku6:givens=14,train=30000), or a path: .txt file, folder of .txt files, .jsonl with a \"text\" field",
     "tokenizer": "char or bpe",
     "steps": "optimizer steps (default 2000 unless --minutes is given)",
     "minutes": "wall-clock budget for the whole run; sizes the number of steps",

@@ -179,6 +179,10 @@ def load_corpus(spec: str) -> Corpus:
 
     if is_task(spec):  # a reasoning task: sudoku, sudoku6, countdown, paths (+ ":key=value,...")
         return task_corpus(spec)
+    from dlm.data.slices import is_slice, slice_corpus
+
+    if is_slice(spec):  # shakespeare-slice:chars=N, for many epochs over little text
+        return slice_corpus(spec)
     path = pathlib.Path(spec).expanduser()
     if not path.exists():
         raise DlmError(f"corpus {spec!r} is neither a built-in corpus ({', '.join(BUILTIN_CORPORA)}) "
