@@ -24,6 +24,7 @@ from dlm.cli import main  # noqa: E402
 from dlm.server import Engine, Job  # noqa: E402
 from dlm.server.app import create_app  # noqa: E402
 from dlm.server.limits import Limits  # noqa: E402
+from dlm.server.listen import server_config  # noqa: E402
 from dlm.server.schema import CompletionRequest, plan_completion  # noqa: E402
 from dlm.training import load_checkpoint  # noqa: E402
 
@@ -62,7 +63,7 @@ class LiveServer:
     def __init__(self, app):
         self.sock = free_socket()
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.server = uvicorn.Server(server_config(app))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self):
@@ -219,11 +220,12 @@ def test_bad_infill_is_a_400(client, text, message):
 
 
 def test_malformed_bodies(client):
-    assert "not valid JSON" in client.post("/v1/completions", content=b"{nope").json()["error"]["message"]
-    r = client.post("/v1/completions", content=b'{"prompt": "To be", "temperature": NaN}')
+    as_json = {"Content-Type": "application/json"}
+    assert "not valid JSON" in client.post("/v1/completions", content=b"{nope", headers=as_json).json()["error"]["message"]
+    r = client.post("/v1/completions", content=b'{"prompt": "To be", "temperature": NaN}', headers=as_json)
     assert r.status_code == 400  # Python's json reads NaN; the schema refuses it
     assert "JSON object" in client.post("/v1/completions", json=[1, 2]).json()["error"]["message"]
-    r = client.post("/v1/completions", content=b"x" * (SMALL.max_body_bytes + 1))
+    r = client.post("/v1/completions", content=b"x" * (SMALL.max_body_bytes + 1), headers=as_json)
     assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
     r = client.post("/v1/infill", json={})
     assert r.status_code == 400 and "'text' is required" in r.json()["error"]["message"]
@@ -368,7 +370,7 @@ def test_cancelled_jobs_stop_their_batch(ckpt):
     time.sleep(0.2)
     engine.close()
     assert slow.calls == 4 and not any(e["type"] == "done" for e in events)  # stopped at the next step's callback
-    assert engine.metrics.forward_passes == 0
+    assert engine.metrics.forward_passes == 4  # abandoned work counts: every pass that ran
 
 
 def test_client_disconnect_stops_generation(ckpt):

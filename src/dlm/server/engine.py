@@ -106,6 +106,17 @@ class Row:
     stops: tuple[str, ...] = ()
 
 
+def canvas_tokens(rows: list[Row]) -> int:
+    """Positions of the canvas these rows make: the longest row's (shorter rows are padded to it)."""
+    return max(sum(s if isinstance(s, int) else len(s) for s in row.segments) for row in rows)
+
+
+def work(rows: list[Row], steps: int) -> int:
+    """What sampling `rows` costs, in token-steps: rows x steps x canvas tokens (each step is at
+    most one forward pass over the whole canvas; guidance doubles it)."""
+    return len(rows) * steps * canvas_tokens(rows)
+
+
 @dataclass(eq=False)
 class Job:
     settings: Settings
@@ -114,6 +125,10 @@ class Job:
     stream: bool = False  # send "text" events as the committed text grows
     step_events: bool = False  # send a "step" event after every sampler step
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def cost(self) -> int:
+        return work(self.rows, self.settings.steps)
 
     def cancel(self) -> None:
         """The client went away or its time ran out: skip it if queued, stop its batch if it was the last."""
@@ -182,26 +197,37 @@ def step_rows(info: StepInfo, canvas: Canvas, rows: range, tokenizer) -> list[di
 
 
 class Engine:
+    """`workers` threads (slots) take batches from one queue and sample them at the same time (torch
+    releases the GIL in its kernels). Slot 0 takes the oldest job first, so nothing waits forever;
+    the other slots take the cheapest job first (`Job.cost`), so a long request holds one slot and
+    short requests from other clients pass it on the others. A batch's seed is drawn when it is
+    taken; a seeded job runs alone with its own seed, so concurrency changes no seeded text."""
+
     def __init__(self, ckpt, *, metrics: Metrics | None = None, max_queue: int = 64, max_batch_rows: int = 16,
-                 window_s: float = 0.01, seed: int | None = None):
+                 window_s: float = 0.01, seed: int | None = None, workers: int = 2):
+        if workers < 1:
+            raise DlmError(f"the engine needs at least 1 worker, got {workers}")
         self.ckpt = ckpt
         self.metrics = metrics or Metrics()
         self.max_queue = max_queue
         self.max_batch_rows = max_batch_rows
         self.window_s = window_s
-        self._seeds = random.Random(seed)  # seeds for the batches of unseeded requests
+        self.workers = workers
+        self._seeds = random.Random(seed)  # seeds for the batches of unseeded requests (drawn under _cond)
         self._queue: list[Job] = []
         self._cond = threading.Condition()
         self._closing = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.device = next(ckpt.model.parameters()).device
 
     # -- the public side ------------------------------------------------------------------
     def start(self) -> "Engine":
-        if self._thread is None:
+        if not self._threads:
             self._closing = False
-            self._thread = threading.Thread(target=self._loop, name="dlm-engine", daemon=True)
-            self._thread.start()
+            self._threads = [threading.Thread(target=self._loop, args=(slot == 0,), name=f"dlm-engine-{slot}",
+                                              daemon=True) for slot in range(self.workers)]
+            for thread in self._threads:
+                thread.start()
         return self
 
     def close(self) -> None:
@@ -211,9 +237,9 @@ class Engine:
                 job.emit({"type": "error", "status": 503, "message": "the server is shutting down"})
             self._queue.clear()
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads = []
 
     def submit(self, job: Job) -> None:
         if len(job.rows) > self.max_batch_rows:
@@ -227,8 +253,8 @@ class Engine:
 
     @property
     def alive(self) -> bool:
-        """Whether the worker thread is running (GET /health)."""
-        return self._thread is not None and self._thread.is_alive()
+        """Whether every worker thread is running (GET /health)."""
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
 
     @property
     def queue_depth(self) -> int:
@@ -236,50 +262,56 @@ class Engine:
             return len(self._queue)
 
     # -- the worker -----------------------------------------------------------------------
-    def _loop(self) -> None:
+    def _head(self, oldest_first: bool) -> Job:
+        """The job a slot serves next: the oldest, or the cheapest (the oldest among equals)."""
+        return self._queue[0] if oldest_first else min(self._queue, key=lambda job: job.cost)
+
+    def _loop(self, oldest_first: bool) -> None:
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
                     self._cond.wait()
                 if self._closing:
                     return
-                head = self._queue[0]
+                head = self._head(oldest_first)
                 waiting = sum(len(j.rows) for j in self._queue)
             if head.settings.batch_key() is not None and waiting < self.max_batch_rows:
                 time.sleep(self.window_s)  # the collection window: let requests arriving together join
             with self._cond:
-                jobs = self._take()
+                jobs = self._take(oldest_first)
+                seed = self._seeds.getrandbits(63)  # used unless the batch is one seeded job
                 self.metrics.set_queue_depth(len(self._queue))
             if jobs:
                 try:
-                    self._run(jobs)
+                    self._run(jobs, seed)
                 except Exception:  # never let the worker die; the jobs hear about it
                     log.exception("sampling failed")
                     for job in jobs:
-                        job.emit({"type": "error", "status": 500, "message": "internal error while sampling"})
+                        job.emit({"type": "error", "status": 500, "message": "internal error while sampling; "
+                                  "the server's log has the details"})
 
-    def _take(self) -> list[Job]:
-        """Remove and return the oldest live job and every queued job that batches with it."""
+    def _take(self, oldest_first: bool) -> list[Job]:
+        """Remove and return this slot's next live job and every queued job that batches with it."""
         self._queue = [j for j in self._queue if not j.cancelled.is_set()]
         if not self._queue:
             return []
-        head = self._queue[0]
+        head = self._head(oldest_first)
         key = head.settings.batch_key()
         if key is None:
-            self._queue.pop(0)
+            self._queue.remove(head)
             return [head]
-        jobs, rows = [], 0
+        jobs, rows = [head], len(head.rows)
         for job in self._queue:
-            if job.settings.batch_key() == key and rows + len(job.rows) <= self.max_batch_rows:
+            if job is not head and job.settings.batch_key() == key and rows + len(job.rows) <= self.max_batch_rows:
                 jobs.append(job)
                 rows += len(job.rows)
         self._queue = [j for j in self._queue if j not in jobs]
         return jobs
 
-    def _run(self, jobs: list[Job]) -> None:
+    def _run(self, jobs: list[Job], seed: int) -> None:
         ckpt, tok = self.ckpt, self.ckpt.tokenizer
         settings = jobs[0].settings
-        seed = settings.seed if len(jobs) == 1 and settings.seed is not None else self._seeds.getrandbits(63)
+        seed = settings.seed if len(jobs) == 1 and settings.seed is not None else seed
         rows = [row for job in jobs for row in job.rows]
         canvas = Canvas.from_segments([[list(s) if isinstance(s, tuple) else s for s in row.segments] for row in rows],
                                       fill_id=tok.mask_id, pad_id=tok.pad_id, device=self.device)  # (B, L)
@@ -289,8 +321,12 @@ class Engine:
             start += len(job.rows)
         live = commits_are_final(ckpt.process, settings.sampler)
         shown: dict[tuple[int, int], str] = {}
+        counted = 0  # forward passes already in the metrics: counted as they happen, so abandoned work counts too
 
         def callback(info: StepInfo) -> None:
+            nonlocal counted
+            self.metrics.forward_passes_done(info.nfe - counted)
+            counted = info.nfe
             if all(job.cancelled.is_set() for job in jobs):
                 raise Abandoned
             for job, span in zip(jobs, spans):
@@ -324,4 +360,4 @@ class Engine:
                 total += tokens
             job.emit({"type": "done", "rows": results, "nfe": out.nfe, "steps": out.steps, "seconds": out.seconds,
                       "batch_rows": len(rows), "sampler": name, "temperature": temperature})
-        self.metrics.batch(len(rows), out.nfe, total)
+        self.metrics.batch(len(rows), out.nfe - counted, total)  # the passes after the last step's callback

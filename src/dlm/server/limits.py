@@ -22,6 +22,12 @@ class Limits:
     max_queue: int = 64  # requests waiting for the sampler before new ones get 429
     timeout_s: float = 120.0  # from arrival to the end of generation
     window_ms: float = 10.0  # how long the engine waits for requests to batch with the first one
+    # token-steps one request may cost: rows x steps x canvas tokens (x2 with guidance), refused up
+    # front above it. Far below what timeout_s allows, so no request holds a worker for long: the
+    # request of issue 16 that ran into the 120 s limit (n=8, 128 tokens, 1024 steps, cfg) costs ~2**21.
+    work_budget: int = 1 << 18
+    workers: int = 2  # engine slots sampling at once (see dlm.server.engine.Engine)
+    read_timeout_s: float = 20.0  # for a request's headers, and again for its body
 
     def public(self) -> dict:
         return asdict(self)

@@ -53,11 +53,17 @@ class Metrics:
             self.latency.observe(seconds)
 
     def batch(self, rows: int, nfe: int, tokens: int) -> None:
+        """A finished sampler call: its rows, its forward passes not yet counted, its tokens."""
         with self._lock:
             self.batches += 1
             self.batch_rows.observe(rows)
             self.forward_passes += nfe
             self.tokens += tokens
+
+    def forward_passes_done(self, nfe: int) -> None:
+        """Passes counted as they run (after each sampler step), so cancelled and timed-out work counts."""
+        with self._lock:
+            self.forward_passes += nfe
 
     def set_queue_depth(self, depth: int) -> None:
         with self._lock:
@@ -65,7 +71,7 @@ class Metrics:
 
     def render(self) -> str:
         with self._lock:
-            lines = ["# HELP dlm_requests_total HTTP requests answered, by endpoint and status.",
+            lines = ["# HELP dlm_requests_total HTTP responses sent, by endpoint and status (refusals and 500s included).",
                      "# TYPE dlm_requests_total counter"]
             for (endpoint, status), count in sorted(self.requests.items()):
                 lines.append(f'dlm_requests_total{{endpoint="{endpoint}",status="{status}"}} {count}')

@@ -6,6 +6,7 @@ and a message that says what to change; nothing past this point checks user inpu
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -15,6 +16,7 @@ from dlm.sampling.run import DEFAULT_TEMPERATURE, check_fits
 from dlm.errors import DlmError
 from dlm.sampling import SAMPLERS, parse_template
 from dlm.server.engine import Row, Settings
+from dlm.server.engine import canvas_tokens, work
 from dlm.server.limits import Limits
 
 MAX_SEED = 2**63 - 1
@@ -129,6 +131,45 @@ def encode(tokenizer, text: str, param: str) -> list[int]:
         raise ApiError(400, str(e), param) from None
 
 
+@functools.cache
+def longest_token(tokenizer) -> int:
+    """The most characters of text one token can stand for: its string's length (a byte-level token's
+    string has one character per byte, and a character is at least a byte). Special tokens are left
+    out: text typed by a user never becomes one."""
+    special = set(tokenizer.specials.values())
+    vocab = tokenizer.backend.get_vocab(with_added_tokens=False)
+    return max((len(token) for token, i in vocab.items() if i not in special), default=1)
+
+
+def least_tokens(tokenizer, text: str) -> int:
+    """A lower bound on len(tokenizer.encode(text)), in time linear in the text and without the
+    tokenizer's model: characters (after the tokenizer's normalizer, which may merge some) divided
+    by the longest token's."""
+    normalizer = tokenizer.backend.normalizer
+    chars = len(normalizer.normalize_str(text) if normalizer is not None else text)
+    return -(-chars // longest_token(tokenizer))
+
+
+def fits(ckpt, total: int, what: str, param: str, hint: str | None = None) -> None:
+    """check_fits as a 400 (`hint` replaces its generic advice)."""
+    try:
+        check_fits(ckpt, total, what)
+    except DlmError as e:
+        message = str(e) if hint is None else str(e).replace("shorten the text or generate fewer tokens", hint)
+        raise ApiError(400, message, param) from None
+
+
+def check_budget(rows: list[Row], settings: Settings, guided: bool, limits: Limits) -> None:
+    """Refuse, before any work, a request that costs more token-steps than `limits.work_budget`."""
+    cost = work(rows, settings.steps) * (2 if guided else 1)
+    if cost > limits.work_budget:
+        guidance = " x 2 (cfg_scale: two passes a step)" if guided else ""
+        raise ApiError(400, f"this request costs {len(rows)} samples x {settings.steps} steps x "
+                            f"{canvas_tokens(rows)} canvas tokens{guidance} = {cost:,} token-steps, over this server's "
+                            f"budget of {limits.work_budget:,} per request; ask for fewer steps, samples (n) or "
+                            f"tokens", "steps")
+
+
 def plan_completion(req: CompletionRequest, ckpt, limits: Limits) -> tuple[Settings, list[Row]]:
     _check_range("n", req.n, 1, limits.max_n)
     prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
@@ -148,16 +189,19 @@ def plan_completion(req: CompletionRequest, ckpt, limits: Limits) -> tuple[Setti
         raise ApiError(400, f"{len(prompts)} prompts x n={req.n} is {len(prompts) * req.n} samples; ask for at most "
                             f"{limits.max_rows} in one request", "n")
     settings = settings_for(req, ckpt, limits, command="generate", generated=max_tokens)
+    hint = "shorten the prompt or lower max_tokens"
+    for i, prompt in enumerate(prompts):  # before tokenizing anything: a long text costs no tokenizer time
+        least = least_tokens(ckpt.tokenizer, prompt)
+        fits(ckpt, least + max_tokens, f"prompt {i} (at least {least} tokens) and max_tokens {max_tokens}",
+             "prompt", hint)
     rows = []
     for i, prompt in enumerate(prompts):
         ids = encode(ckpt.tokenizer, prompt, "prompt")
-        try:
-            check_fits(ckpt, len(ids) + max_tokens, f"prompt {i} ({len(ids)} tokens) and max_tokens {max_tokens}")
-        except DlmError as e:
-            raise ApiError(400, str(e).replace("shorten the text or generate fewer tokens",
-                                               "shorten the prompt or lower max_tokens"), "max_tokens") from None
+        fits(ckpt, len(ids) + max_tokens, f"prompt {i} ({len(ids)} tokens) and max_tokens {max_tokens}", "max_tokens",
+             hint)
         rows += [Row(segments=(tuple(ids), max_tokens), pieces=(max_tokens,), ends_at_eos=True, stops=tuple(stops))
                  for _ in range(req.n)]
+    check_budget(rows, settings, req.cfg_scale > 0, limits)
     return settings, rows
 
 
@@ -178,10 +222,10 @@ def plan_infill(req: InfillRequest, ckpt, limits: Limits) -> tuple[Settings, lis
     if req.n > limits.max_rows:
         raise ApiError(400, f"n={req.n}: ask for at most {limits.max_rows} samples in one request", "n")
     settings = settings_for(req, ckpt, limits, command="infill", generated=generated)
+    least = sum(p if isinstance(p, int) else least_tokens(ckpt.tokenizer, p) for p in pieces)
+    fits(ckpt, least, f"the text (at least {least - generated} tokens) and its spans", "text")  # before tokenizing
     segments = tuple(p if isinstance(p, int) else tuple(encode(ckpt.tokenizer, p, "text")) for p in pieces)
-    total = sum(s if isinstance(s, int) else len(s) for s in segments)
-    try:
-        check_fits(ckpt, total, "the text and its spans")
-    except DlmError as e:
-        raise ApiError(400, str(e), "text") from None
-    return settings, [Row(segments=segments, pieces=tuple(pieces), ends_at_eos=False) for _ in range(req.n)]
+    fits(ckpt, sum(s if isinstance(s, int) else len(s) for s in segments), "the text and its spans", "text")
+    rows = [Row(segments=segments, pieces=tuple(pieces), ends_at_eos=False) for _ in range(req.n)]
+    check_budget(rows, settings, req.cfg_scale > 0, limits)
+    return settings, rows
