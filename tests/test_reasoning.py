@@ -79,3 +79,29 @@ def test_the_suite_writes_report_json_with_both_models(tmp_path, micro_preset):
     assert "| paths | masked | confidence |" in path.read_text()
     assert (tmp_path / "out" / "reasoning-paths.png").exists()
     assert torch.get_num_threads() >= 1
+
+
+def test_the_demo_shows_a_puzzle_from_the_bench_models(tmp_path, micro_preset, capsys):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from dlm.cli.puzzle import show_puzzle
+
+    spec = TINY_TASKS["sudoku6"]
+    cache = tmp_path / "bench"
+    out = StringIO()
+    assert show_puzzle(Console(file=out, width=400), cache, live=False) is None, "no models: a hint, nothing trained"
+    assert "dlm bench --suite reasoning" in out.getvalue()
+    for process in ("masked", "ar"):
+        ckpt, _ = train_tiny(tmp_path, spec, process, micro_preset, steps=60)
+        (cache / "sudoku6").mkdir(parents=True, exist_ok=True)
+        ckpt.path.parent.rename(cache / "sudoku6" / f"{process}-60steps")
+    capsys.readouterr()
+    out = StringIO()
+    shown = show_puzzle(Console(file=out, width=120), cache, live=False)
+    test = task_splits(load_task(spec))["test"][0]
+    assert shown["puzzle"] == test.prompt
+    for name in ("masked", "ar"):
+        assert shown[f"{name}_solved"] == load_task(spec).is_solved(test.prompt, shown[f"{name}_answer"])
+    assert "puzzle" in out.getvalue() and out.getvalue().count("\n") >= 7

@@ -129,13 +129,19 @@ def run(args: argparse.Namespace) -> int:
     if not live:
         console.print(infilled, markup=False, highlight=False)
 
+    from dlm.cli import cache_home
+    from dlm.cli.puzzle import show_puzzle
+
+    puzzle = show_puzzle(console, cache_home() / f"bench-reasoning-{__version__}", live=live)  # reuses, never trains
+
     summary = {"parameters": block.model.num_parameters(),
                "bits_per_char": {name: ckpt.metrics["val_bits_per_char"] for name, ckpt in models.items()},
                "stderr": {name: ckpt.metrics["val_stderr"] for name, ckpt in models.items()},
                "generate_nfe": gen.nfe, "generate_tokens_per_second": GENERATE_LENGTH / gen.seconds,
                "tokens_per_forward": gen.tokens_per_forward, "ar_tokens_per_second": GENERATE_LENGTH / race.seconds,
                "speedup_over_ar": race.seconds / gen.seconds, "infill_nfe": fill.nfe, "cached": cached,
-               "sample": generated_text, "infill": infilled, "seconds": time.perf_counter() - started}
+               "sample": generated_text, "infill": infilled, "puzzle": puzzle,
+               "seconds": time.perf_counter() - started}
     table = Table(title="dlm demo", show_lines=False)
     for column in ("parameters", "val bits/char (AR / block / masked)", "generate NFE", "tokens/forward",
                    "tokens/s", "AR tokens/s", "x AR"):

@@ -173,7 +173,8 @@ def write_epochs_report(result: EpochsResult, out: Path) -> Path:
              f"`{s['data']}`: {result.train_tokens:,} training tokens, preset `{s['preset']}`, batch "
              f"{s['batch_size']} x {s['seq_len']} tokens, {s['threads']} thread(s), on {result.machine['cpu']}; "
              f"run took {result.seconds / 60:.1f} min.", "",
-             "| model | process | regularisation | params | epochs | train min | best bits/char | ± | at epoch | last |",
+             "| model | process | regularisation | params | epochs | train min | best bits/char | ± | at epoch "
+             "| last |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in result.models.items():
         b, curve = result.best.get(name, {}), result.curves.get(name, [])

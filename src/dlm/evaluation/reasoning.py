@@ -69,6 +69,8 @@ class ReasoningSuite:
     tasks: tuple[str, ...]  # --data specs
     minutes: float  # training budget of each model
     preset: str = "tiny"
+    steps: int = 0  # > 0: each model trains this many steps instead (a loaded machine then changes only
+    # the minutes, never the weights); the report gives the minutes each run took
     minutes_grid: tuple[float, ...] = (0.25, 0.5)  # fractions of `minutes` also trained, for accuracy vs minutes
     steps_grid: tuple[float, ...] = (0.125, 0.25, 0.5)  # steps per response token of the headline masked decoder
     n_test: int = 500  # held-out instances each headline figure is measured on
@@ -86,15 +88,19 @@ TASK_SPECS = ("sudoku6:givens=14,train=30000", "countdown:numbers=3,max_number=3
               "paths:degree=2,length=5,min_length=2,train=30000")
 REASONING_SUITES = {
     "reasoning": ReasoningSuite("reasoning", TASK_SPECS, minutes=10.0, threads=1),
+    # a smoke run: fewer test instances (200, not the 500 the figures need), one point per curve
     "reasoning-quick": ReasoningSuite("reasoning-quick", TASK_SPECS, minutes=1.0, minutes_grid=(0.5,),
-                                      steps_grid=(0.25,), n_curve=100, threads=1),
+                                      steps_grid=(0.25,), n_test=200, n_curve=100, threads=1),
 }
 
 
 def reasoning_suite(name: str, **overrides) -> ReasoningSuite:
     if name not in REASONING_SUITES:
         raise DlmError(f"unknown reasoning suite {name!r}; choose one of {', '.join(REASONING_SUITES)}")
-    return replace(REASONING_SUITES[name], **{k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "minutes" in overrides:  # a minutes budget replaces a suite's fixed steps
+        overrides.setdefault("steps", 0)
+    return replace(REASONING_SUITES[name], **overrides)
 
 
 # -- solving ---------------------------------------------------------------------------
@@ -206,19 +212,21 @@ def run_reasoning(suite: ReasoningSuite, cache: Path, *, log: Callable[[str], No
         curve = test[:suite.n_curve]
         log(f"task {spec}: {len(test)} test instances, rows of {task.seq_len} tokens")
 
-        def trained(who: Contestant, minutes: float) -> Checkpoint:
-            out = cache / task.name / f"{who.name}-{minutes:g}min"
+        def trained(who: Contestant, fraction: float) -> Checkpoint:
+            steps, minutes = round(suite.steps * fraction), round(suite.minutes * fraction, 3)
+            out = cache / task.name / (f"{who.name}-{steps}steps" if steps else f"{who.name}-{minutes:g}min")
             config = TrainConfig(out=str(out), process=who.process, preset=suite.preset, data=spec,
-                                 seq_len=task.seq_len, minutes=minutes, batch_size=suite.batch_size, lr=suite.lr,
+                                 seq_len=task.seq_len, minutes=0.0 if steps else minutes, steps=steps,
+                                 batch_size=suite.batch_size, lr=suite.lr,
                                  threads=suite.threads, compile=suite.compile, eval_chunks=16,
                                  final_eval_chunks=32, eval_every=10**9, seed=suite.seed, **dict(who.train))
-            log(f"  {who.name}: {suite.preset}, {minutes:g} min")
+            log(f"  {who.name}: {suite.preset}, " + (f"{steps} steps" if steps else f"{minutes:g} min"))
             return ensure_trained(config, progress=progress, log=lambda text: log("    " + text),
                                   what=f"{who.name} {task.name} model")[0]
 
         models, minutes_curve, steps_curve, difficulty_curve = {}, [], [], []
         for who in suite.contestants:
-            ckpt = trained(who, suite.minutes)
+            ckpt = trained(who, 1.0)
             decoders = [d for d in who.decoders if d.sampler in ckpt.process.samplers]
             rows = []
             for d in decoders:
@@ -246,7 +254,7 @@ def run_reasoning(suite: ReasoningSuite, cache: Path, *, log: Callable[[str], No
                                   **_point(solve(ckpt, task, curve, decoders[0], seed=suite.seed,
                                                  batch=suite.decode_batch))})
             for fraction in suite.minutes_grid:
-                small = trained(who, round(suite.minutes * fraction, 3))
+                small = trained(who, fraction)
                 minutes_curve.append({"model": who.name, "minutes": train_minutes(small),
                                       **_point(solve(small, task, curve, decoders[0], seed=suite.seed,
                                                      batch=suite.decode_batch))})
@@ -258,8 +266,8 @@ def run_reasoning(suite: ReasoningSuite, cache: Path, *, log: Callable[[str], No
                                   batch=suite.decode_batch)
                     steps_curve.append({"model": who.name, "decoder": d.label, "steps_per_token": per_token,
                                         **_point(point)})
-        results.append(TaskResult(task.name, spec, models, sorted(minutes_curve, key=lambda r: (r["model"], r["minutes"])),
-                                  steps_curve, difficulty_curve))
+        minutes_curve.sort(key=lambda r: (r["model"], r["minutes"]))
+        results.append(TaskResult(task.name, spec, models, minutes_curve, steps_curve, difficulty_curve))
         gap = models[suite.contestants[0].name]["accuracy"] - models[suite.contestants[-1].name]["accuracy"]
         log(f"  {task.name}: {suite.contestants[0].name} - {suite.contestants[-1].name} = {100 * gap:+.1f} points")
     return ReasoningResult(suite=asdict(suite), machine=machine(), seconds=time.perf_counter() - started,
@@ -286,7 +294,9 @@ def write_reasoning_report(result: ReasoningResult, out: Path) -> Path:
     plots = _plots(result, out)
     suite = result.suite
     lines = [f"# Reasoning suite `{suite['name']}`", "",
-             f"Each model: preset `{suite['preset']}`, {suite['minutes']:g} training minutes, on "
+             f"Each model: preset `{suite['preset']}`, "
+             + (f"{suite['steps']} training steps" if suite["steps"] else f"{suite['minutes']:g} training minutes")
+             + f" of batch {suite['batch_size']}, on "
              f"{result.machine['cpu']} ({suite['threads'] or result.machine['threads']} threads); "
              f"{suite['n_test']} held-out test instances per task; run took {result.seconds / 60:.1f} min.", "",
              "| task | model | decoder | accuracy | ± stderr | valid | params | train min | steps |",

@@ -39,7 +39,8 @@ def load_task(spec: str) -> Task:
 
 
 def _cache_file(task: Task) -> pathlib.Path:
-    root = os.environ.get("DLM_CACHE") or pathlib.Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "dlm"
+    root = (os.environ.get("DLM_CACHE")
+            or pathlib.Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "dlm")
     name = task.spec.replace(":", "-").replace(",", "-").replace("=", "")
     return pathlib.Path(root) / "tasks" / f"{name}-v{GENERATOR_VERSION}.json"
 
