@@ -221,7 +221,8 @@ def test_bad_infill_is_a_400(client, text, message):
 
 def test_malformed_bodies(client):
     as_json = {"Content-Type": "application/json"}
-    assert "not valid JSON" in client.post("/v1/completions", content=b"{nope", headers=as_json).json()["error"]["message"]
+    r = client.post("/v1/completions", content=b"{nope", headers=as_json)
+    assert "not valid JSON" in r.json()["error"]["message"]
     r = client.post("/v1/completions", content=b'{"prompt": "To be", "temperature": NaN}', headers=as_json)
     assert r.status_code == 400  # Python's json reads NaN; the schema refuses it
     assert "JSON object" in client.post("/v1/completions", json=[1, 2]).json()["error"]["message"]
@@ -441,7 +442,8 @@ def test_dlm_serve_starts_and_answers(run_dir):
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen([sys.executable, "-m", "dlm", "serve", str(run_dir), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "DLM_API_KEY": "sk-env"})
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -453,8 +455,13 @@ def test_dlm_serve_starts_and_answers(run_dir):
                 pass
             assert time.monotonic() < deadline, "dlm serve did not come up"
             time.sleep(0.2)
-        models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
+        key = {"Authorization": "Bearer sk-env"}
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=key).json()
         assert models["data"][0]["id"] == "run"  # the folder's name
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401  # the key from DLM_API_KEY
+        assert httpx.get(f"http://localhost:{port}/v1/models", headers=key).status_code == 200
+        rebound = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={**key, "Host": f"evil.example:{port}"})
+        assert rebound.status_code == 421  # the default allow-list: the bound address and localhost
     finally:
         proc.terminate()
         proc.wait(timeout=20)

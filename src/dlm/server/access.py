@@ -140,12 +140,13 @@ class Guard:
                              f"{', '.join(sorted(self.allowed_hosts))}, or start it with --allowed-host {name}", ())
         path = scope["path"]
         if self.api_key is not None and (path == "/v1" or path.startswith("/v1/")):
+            challenge = ((b"www-authenticate", b"Bearer"),)
             scheme, _, given = headers.get("authorization", "").strip().partition(" ")
             if scheme.lower() != "bearer" or not given.strip():
                 return (401, "this server needs an API key: send the header 'Authorization: Bearer <key>' (the "
-                             "OpenAI client sends it from api_key=...)", ((b"www-authenticate", b"Bearer"),))
+                             "OpenAI client sends it from api_key=...)", challenge)
             if not hmac.compare_digest(given.strip().encode(), self.api_key.encode()):
-                return 401, "the API key is not this server's; check the key you pass", ((b"www-authenticate", b"Bearer"),)
+                return 401, "the API key is not this server's; check the key you pass", challenge
         if scope["method"] == "POST":
             media = headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json":

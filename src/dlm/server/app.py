@@ -40,7 +40,11 @@ from dlm.server.schema import ApiError, CompletionRequest, InfillRequest, parse,
 log = logging.getLogger("dlm.server")
 
 ENDPOINTS = ("/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/infill")
-CLOSE_AFTER = (408, 413)  # the body was not read to its end: the connection cannot carry another request
+# A client too slow with its body gets the connection closed. Any other response that leaves a body
+# unread (413, the guard's refusals) keeps it open: closing with unread bytes makes the kernel reset
+# the connection, and the client may never read the reply; h11 drops the rest of the body as it
+# comes, and dlm.server.listen closes the connection if it takes longer than the read timeout.
+CLOSE_AFTER = (408,)
 
 
 def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:

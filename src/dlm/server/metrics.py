@@ -71,7 +71,7 @@ class Metrics:
 
     def render(self) -> str:
         with self._lock:
-            lines = ["# HELP dlm_requests_total HTTP responses sent, by endpoint and status (refusals and 500s included).",
+            lines = ["# HELP dlm_requests_total HTTP responses, by endpoint and status (refusals and 500s included).",
                      "# TYPE dlm_requests_total counter"]
             for (endpoint, status), count in sorted(self.requests.items()):
                 lines.append(f'dlm_requests_total{{endpoint="{endpoint}",status="{status}"}} {count}')
