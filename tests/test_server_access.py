@@ -297,6 +297,16 @@ def test_metrics_count_refusals_and_the_passes_of_timed_out_work(ckpt):
         assert metric(text, "dlm_forward_passes_total ") == slow.calls > 0
 
 
+def test_a_top_p_too_small_for_float32_is_never_an_empty_completion(ckpt):
+    with TestClient(create_app(ckpt, limits=SMALL)) as c:
+        r = c.post("/v1/completions", json={"prompt": "To be", "max_tokens": 8, "steps": 8, "sampler": "ancestral",
+                                            "top_p": 1e-46, "seed": 0})
+        assert r.status_code == 200, r.text
+        # the bug: every position kept the mask id, counted as 8 tokens that decode to ""
+        choice = r.json()["choices"][0]
+        assert len(choice["text"]) == r.json()["usage"]["completion_tokens"]  # one character per token
+
+
 # -- 5. slow clients ---------------------------------------------------------------------------
 
 def read_all(sock: socket.socket, limit_s: float) -> bytes:

@@ -1,6 +1,7 @@
 """`dlm serve`: an HTTP server for a checkpoint (OpenAI-style completions, infilling, streaming of
 every denoising step, a web page). FastAPI and uvicorn are the optional extra `dlm[server]`:
-`dlm.server.app` imports them, this package's other modules do not."""
+`dlm.server.app` and `dlm.server.listen` import them, this package's other modules do not
+(`access` is plain ASGI, `replies` plain functions)."""
 
 from dlm.server.engine import Engine, Job, QueueFull, Row, Settings
 from dlm.server.metrics import Metrics
