@@ -62,9 +62,9 @@ class EpochsSuite:
 EPOCHS_SUITES = {
     # ~1M characters: one epoch is ~240 steps of 4096 tokens, ~8 minutes of the tiny preset on one core here
     "epochs": EpochsSuite("epochs", chars=1_000_000, epochs=64, evals=32),
-    # what fits in minutes on this machine: 20k characters, each model about 10 minutes
-    "epochs-quick": EpochsSuite("epochs-quick", chars=20_000, epochs=60, evals=20, validation_chars=20_000,
-                                eval_chunks=32),
+    # what fits in minutes on this machine: 10k characters, 40 epochs (~390 steps of 8 x 128 tokens)
+    "epochs-quick": EpochsSuite("epochs-quick", chars=10_000, epochs=40, batch_size=8, evals=20,
+                                validation_chars=20_000, eval_chunks=32),
 }
 
 
@@ -141,6 +141,7 @@ def run_epochs(suite: EpochsSuite, cache: Path, *, log: Callable[[str], None] = 
         config = TrainConfig(out=str(cache / who.name), process=who.process, preset=suite.preset, data=suite.data,
                              seq_len=suite.seq_len, batch_size=suite.batch_size,
                              steps=0 if suite.minutes else steps, minutes=suite.minutes, eval_every=eval_every,
+                             warmup_steps=max(1, min(100, steps // 10)),  # a short run still reaches its peak lr
                              eval_chunks=suite.eval_chunks, final_eval_chunks=suite.eval_chunks,
                              threads=suite.threads, compile=suite.compile, seed=suite.seed, **dict(who.train))
         log(f"model: {who.name} ({who.process}, {suite.preset}{''.join(f', {k}={v}' for k, v in who.train)})")
