@@ -75,6 +75,7 @@ def test_the_suite_writes_report_json_with_both_models(tmp_path, micro_preset):
         assert 0 < paths[model]["train_minutes"] < 1
     assert paths["masked"]["params"] == paths["ar"]["params"], "the same preset on both sides"
     assert {r["model"] for r in paths["minutes_curve"]} == {"masked", "ar"} and len(paths["minutes_curve"]) == 4
+    assert all(r["steps"] > 0 for r in paths["minutes_curve"])
     assert {r["steps_per_token"] for r in paths["steps_curve"]} == {0.5, 1.0}, "the masked model, at fewer steps"
     assert "| paths | masked | confidence |" in path.read_text()
     assert (tmp_path / "out" / "reasoning-paths.png").exists()

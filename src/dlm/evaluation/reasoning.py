@@ -169,7 +169,7 @@ class TaskResult:
     task: str
     spec: str
     models: dict  # contestant -> {headline figures, params, train_minutes, decoders: [...]}
-    minutes_curve: list = field(default_factory=list)  # {model, minutes, accuracy, stderr, n}
+    minutes_curve: list = field(default_factory=list)  # {model, minutes, steps, accuracy, stderr, n}
     steps_curve: list = field(default_factory=list)  # {model, decoder, steps, steps_per_token, accuracy, stderr}
     difficulty_curve: list = field(default_factory=list)  # {model, difficulty, accuracy, stderr, n}
 
@@ -250,12 +250,12 @@ def run_reasoning(suite: ReasoningSuite, cache: Path, *, log: Callable[[str], No
                     acc = sum(picked) / len(picked)
                     difficulty_curve.append({"model": who.name, "difficulty": level, "accuracy": acc, "n": len(picked),
                                              "stderr": math.sqrt(acc * (1 - acc) / len(picked))})
-            minutes_curve.append({"model": who.name, "minutes": models[who.name]["train_minutes"],
+            minutes_curve.append({"model": who.name, "minutes": models[who.name]["train_minutes"], "steps": ckpt.step,
                                   **_point(solve(ckpt, task, curve, decoders[0], seed=suite.seed,
                                                  batch=suite.decode_batch))})
             for fraction in suite.minutes_grid:
                 small = trained(who, fraction)
-                minutes_curve.append({"model": who.name, "minutes": train_minutes(small),
+                minutes_curve.append({"model": who.name, "minutes": train_minutes(small), "steps": small.step,
                                       **_point(solve(small, task, curve, decoders[0], seed=suite.seed,
                                                      batch=suite.decode_batch))})
             for d in decoders[:1]:
@@ -328,7 +328,10 @@ def _plots(result: ReasoningResult, out: Path) -> list[Path]:
         return []
     paths = []
     for t in result.tasks:
-        panels = [("minutes", "training minutes", t.minutes_curve),
+        # a suite of fixed steps plots against steps: on a shared machine its minutes measure the load too
+        by_steps = bool(result.suite.get("steps"))
+        panels = [("steps" if by_steps else "minutes", "training steps" if by_steps else "training minutes",
+                   t.minutes_curve),
                   ("steps_per_token", "decoding steps per response token", t.steps_curve),
                   ("difficulty", "planning distance" if t.task == "paths" else "difficulty", t.difficulty_curve)]
         panels = [p for p in panels if p[2]]
