@@ -40,36 +40,19 @@ def non_negative_float(text: str) -> float:
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    from dlm.sampling import SAMPLERS
+    from dlm.sampling.registry import RECORDS, all_knobs
 
     p.add_argument("checkpoint", metavar="DIR", help="a run folder or checkpoint folder written by `dlm train`, or a "
                    "LLaDA or Dream folder (config.json, *.safetensors, tokenizer files)")
     p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: one per token)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
+    p.add_argument("--sampler", choices=sorted(RECORDS), default=None,
                    help="default: the process's own (ancestral for masked diffusion)")
-    p.add_argument("--block-length", type=positive_int, default=None,
-                   help="semi-autoregressive blocks of this many tokens (confidence sampler)")
     p.add_argument("--temperature", type=non_negative_float, default=None,
                    help="0 = greedy; default: 0 for confidence (as LLaDA), 1 for ancestral")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="confidence and block samplers: also commit every position whose confidence exceeds this "
-                        "(Fast-dLLM)")
-    p.add_argument("--factor", type=float, default=None,
-                   help="confidence and block samplers: commit the largest n with (n + 1)(1 - c_n) < FACTOR (Fast-dLLM)")
-    p.add_argument("--confidence", choices=["prob", "margin", "entropy", "random"], default=None,
-                   help="confidence sampler, or block sampler: how positions are ranked (default prob; for the block "
-                        "sampler, leaving it, --threshold and --factor out means exact reverse steps in random order)")
-    p.add_argument("--sub-block", type=positive_int, default=None, metavar="N",
-                   help="block sampler with --threshold/--factor/--confidence: commit inside sub-blocks of N tokens, "
-                        "left to right (Fast-dLLM v2)")
-    p.add_argument("--cache", choices=["none", "prefix", "dual"], default=None,
-                   help="confidence sampler with --block-length: Fast-dLLM's approximate prefix or dual KV cache")
-    p.add_argument("--eta", type=float, default=None,
-                   help="ddim: 0 = deterministic ... 1 = DDPM; remdm: how much to remask (default 0.02)")
-    p.add_argument("--remask", choices=["cap", "loop"], default=None,
-                   help="remdm sampler: ReMDM's remasking schedule (default cap)")
-    p.add_argument("--top-k", type=positive_int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    for name, knob in all_knobs().items():  # every sampler knob, from the samplers' records
+        takers = ", ".join(r.name for r in RECORDS.values() if knob in r.knobs)
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=knob.kind, choices=knob.choices, default=None,
+                       help=f"{takers}: {knob.help}")
     p.add_argument("--cfg", type=non_negative_float, default=0.0, metavar="W",
                    help="classifier-free guidance scale (0 = none): logits_u + (W + 1)(logits_c - logits_u), the "
                         "unconditional pass with the prompt masked; for models trained with condition dropout")

@@ -8,22 +8,19 @@ import sys
 from dlm.errors import DlmError
 from dlm.sampling import Canvas, infill_canvas, parse_template
 from dlm.sampling.editing import Edit, cut_at_stop, edit_pieces
+from dlm.sampling.registry import all_knobs
 from dlm.sampling.run import SamplerRequest, check_fits, run_sampler
 from dlm.sampling.length import candidate_lengths, infill_lengths, with_lengths
 from dlm.training.checkpoint import Checkpoint
 
-CLI_FLAGS = {"schedule": "--remask", "cfg": "--cfg", "cache": "--cache", "sampler": "--sampler"}
-
-
-def cli_flag(knob: str) -> str:
-    return CLI_FLAGS.get(knob, "--" + knob.replace("_", "-"))
+def cli_flag(field: str) -> str:
+    """A request field or sampler knob as its command-line flag: block_length -> --block-length."""
+    return "--" + field.replace("_", "-")
 
 
 def sampler_call(args: argparse.Namespace, ckpt: Checkpoint, canvas: Canvas, generated: int, callback=None):
     """Run the chosen sampler with the knobs the user gave on the command line (see run_sampler)."""
-    knobs = {"block_length": args.block_length, "top_k": args.top_k, "top_p": args.top_p,
-             "threshold": args.threshold, "factor": args.factor, "confidence": args.confidence,
-             "eta": args.eta, "schedule": args.remask, "cache": args.cache, "sub_block": args.sub_block}
+    knobs = {name: getattr(args, name) for name in all_knobs()}  # flags made from the samplers' records
     request = SamplerRequest(sampler=args.sampler, steps=args.steps, temperature=args.temperature, seed=args.seed,
                              knobs=knobs, cfg=args.cfg, ban=args.ban, stop_at_eos=args.command == "generate")
     return run_sampler(ckpt, canvas, request, generated=generated, callback=callback, option=cli_flag)

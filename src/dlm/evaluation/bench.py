@@ -30,7 +30,9 @@ from dlm.errors import DlmError
 from dlm.evaluation.judges import ARJudge, NgramJudge
 from dlm.evaluation.likelihood import evaluate_checkpoint
 from dlm.evaluation.metrics import char_accuracy, distinct_n, mean, self_bleu, unigram_entropy
-from dlm.sampling import SAMPLERS, Canvas, infill_canvas
+from dlm.sampling import Canvas, infill_canvas
+from dlm.sampling.registry import RECORDS, SamplerRequest, greedy_sampler, resolve
+from dlm.sampling.run import run_plan
 from dlm.training.cached import ensure_trained
 from dlm.training.checkpoint import Checkpoint
 from dlm.training.config import TrainConfig
@@ -89,16 +91,15 @@ def validation_prompts(ckpt: Checkpoint, n: int, chars: int) -> list[str]:
 
 
 def generate(ckpt: Checkpoint, prompts: list[str], length: int, *, steps: int | None = None, sampler: str | None = None,
-             seed: int = 0, **knobs) -> tuple[list[str], object]:
-    """Continue each prompt by `length` tokens in one batched call -> (texts cut at end-of-text, SampleOutput)."""
+             temperature: float | None = None, seed: int = 0, **knobs) -> tuple[list[str], object]:
+    """Continue each prompt by `length` tokens in one batched call -> (texts cut at end-of-text, SampleOutput).
+    The sampler (default: the process's) at its own default temperature unless told; `knobs` as in a request."""
     tok = ckpt.tokenizer
     canvas = Canvas.for_generation([tok.encode(p) for p in prompts], length, fill_id=tok.mask_id, pad_id=tok.pad_id,
                                    device=next(ckpt.model.parameters()).device)
-    name = sampler or ckpt.process.default_sampler
-    if name == "confidence":
-        knobs.setdefault("temperature", 0.0)
-    out = SAMPLERS[name](ckpt.model, ckpt.process, canvas, steps=steps or length,
-                         generator=torch.Generator(device=canvas.tokens.device).manual_seed(seed), **knobs)
+    plan = resolve(ckpt.process, SamplerRequest(sampler=sampler, steps=steps or length, temperature=temperature,
+                                                seed=seed, knobs=knobs), generated=length)
+    out = run_plan(ckpt, canvas, plan)
     texts = [tok.decode_until_eos(canvas.generated(out.tokens, b)) for b in range(len(prompts))]
     return texts, out
 
@@ -137,8 +138,7 @@ def measure_samples(models, suite: Suite, judge: ARJudge, ngram: NgramJudge) -> 
         prompts = [p for p in validation_prompts(ckpt, suite.prompts, suite.prompt_chars)
                    for _ in range(suite.samples_per_prompt)]
         sampler = ckpt.process.default_sampler
-        texts, out = generate(ckpt, prompts, suite.length, sampler=sampler,
-                              **({"temperature": 1.0} if sampler == "confidence" else {}))
+        texts, out = generate(ckpt, prompts, suite.length, sampler=sampler, temperature=1.0)
         rows.append({"process": name, "sampler": sampler, "steps": out.steps, "nfe": out.nfe,
                      **quality_row(prompts, texts, judge, ngram, group=suite.samples_per_prompt),
                      "example": (prompts[0] + texts[0])[:160]})
@@ -150,22 +150,26 @@ def measure_steps(models, suite: Suite, judge: ARJudge) -> list[dict]:
     diffusion, against tokens per forward with Fast-dLLM thresholds."""
     rows = []
     for name, ckpt in models.items():
-        if name == "ar":
-            continue
+        process = ckpt.process
+        if not RECORDS[process.default_sampler].uses_steps:
+            continue  # one forward pass per token: there are no steps to trade
         prompts = validation_prompts(ckpt, suite.prompts, suite.prompt_chars)
-        n_blocks = -(-suite.length // ckpt.process.block_size) if name == "block" else 1
+        n_blocks = process.min_steps(suite.length)
         for steps in suite.steps_grid:
             if steps < n_blocks:
                 continue
             texts, out = generate(ckpt, prompts, suite.length, steps=steps)
-            rows.append({"process": name, "setting": f"{steps} steps", "steps": steps,
+            rows.append({"process": name, "kind": "steps", "setting": f"{steps} steps", "steps": steps,
                          "tokens_per_forward": suite.length / max(out.nfe, 1), "nfe": out.nfe,
                          **quality_row(prompts, texts, judge, None)})
-        if name == "masked":
+        # Fast-dLLM's parallel decoding: a sampler of this process that takes LLaDA blocks and a threshold
+        parallel = next((s for s in process.samplers if RECORDS[s].knob("threshold") and RECORDS[s].knob("block_length")),
+                        None)
+        if parallel is not None:
             for threshold in suite.thresholds:
-                texts, out = generate(ckpt, prompts, suite.length, sampler="confidence", block_length=32,
+                texts, out = generate(ckpt, prompts, suite.length, sampler=parallel, block_length=32,
                                       threshold=threshold)
-                rows.append({"process": "masked (threshold)", "setting": f"threshold {threshold}",
+                rows.append({"process": f"{name} (threshold)", "kind": "threshold", "setting": f"threshold {threshold}",
                              "steps": out.steps, "tokens_per_forward": suite.length / max(out.nfe, 1),
                              "nfe": out.nfe, **quality_row(prompts, texts, judge, None)})
     return rows
@@ -178,14 +182,15 @@ def measure_speed(models, suite: Suite) -> list[dict]:
     for name, ckpt in models.items():
         tok = ckpt.tokenizer
         prompt = validation_prompts(ckpt, 1, 16)[0]
+        fixed_steps = RECORDS[ckpt.process.default_sampler].uses_steps  # else one pass per token
         for batch in suite.speed_batches:
             for length in suite.speed_lengths:
-                steps = None if name == "ar" else max(suite.speed_steps,
-                                                       -(-length // ckpt.process.block_size) if name == "block" else 1)
+                steps = max(suite.speed_steps, ckpt.process.min_steps(length)) if fixed_steps else None
                 if length == suite.speed_lengths[0]:  # an untimed warm-up once per model and batch size
                     generate(ckpt, [prompt] * batch, length, steps=steps)
                 out = generate(ckpt, [prompt] * batch, length, steps=steps)[1]
-                rows.append({"process": name, "batch": batch, "length": length, "steps": out.steps, "nfe": out.nfe,
+                rows.append({"process": name, "batch": batch, "length": length, "fixed_steps": fixed_steps,
+                             "steps": out.steps, "nfe": out.nfe,
                              "seconds": out.seconds, "tokens_per_second": batch * length / out.seconds,
                              "tokens_per_forward": length / max(out.nfe, 1), "vocab": tok.vocab_size})
     return rows
@@ -218,25 +223,25 @@ def measure_infill(code: dict[str, Checkpoint], suite: Suite) -> list[dict]:
     """One line of each held-out function: masked diffusion infills it between the text before
     and after (told the line's length in tokens); AR sees only the text before it and writes
     greedily up to the end of the line (it is not trained fill-in-the-middle)."""
-    diffusion, ar = code["masked"], code["ar"]
-    tok = diffusion.tokenizer
-    cases = code_cases(diffusion, suite.infill_cases)
+    cases = code_cases(code["masked"], suite.infill_cases)
     rows = []
-    for name in ("masked", "ar"):
+    for name, ckpt in code.items():
+        tok, infills = ckpt.tokenizer, ckpt.process.infills
         exact, accuracy, started = [], [], time.perf_counter()
         for before, line, after in cases:
-            if name == "masked":
+            if infills:  # greedy, one token per step, between the text before and after
                 n = len(tok.encode(line))
-                infill = infill_canvas([before, n, after], tok, device=next(diffusion.model.parameters()).device)
-                out = SAMPLERS["confidence"](diffusion.model, diffusion.process, infill.canvas, steps=n,
-                                             temperature=0.0)
+                infill = infill_canvas([before, n, after], tok, device=next(ckpt.model.parameters()).device)
+                plan = resolve(ckpt.process, SamplerRequest(sampler=greedy_sampler(ckpt.process), steps=n,
+                                                            temperature=0.0), generated=n)
+                out = run_plan(ckpt, infill.canvas, plan)
                 guess = infill.assemble(out.tokens, tok)[len(before):-len(after) or None]
             else:
-                texts, _ = generate(ar, [before], max(len(ar.tokenizer.encode(line)) * 2, 8), temperature=0.0)
+                texts, _ = generate(ckpt, [before], max(len(tok.encode(line)) * 2, 8), temperature=0.0)
                 guess = texts[0].lstrip("\n").split("\n")[0]  # the line it writes (a BPE token may open with \n)
             exact.append(float(guess.strip() == line.strip()))
             accuracy.append(char_accuracy(guess.strip(), line.strip()))
-        rows.append({"model": name, "sees": "before and after" if name == "masked" else "before only",
+        rows.append({"model": name, "sees": "before and after" if infills else "before only",
                      "cases": len(cases), "exact_match": mean(exact), "char_accuracy": mean(accuracy),
                      "seconds": time.perf_counter() - started})
     return rows
@@ -249,7 +254,7 @@ def measure_long(models, suite: Suite, judge: ARJudge) -> list[dict]:
     for name, ckpt in models.items():
         prompts = validation_prompts(ckpt, suite.long_samples, suite.prompt_chars)
         length = suite.long_length
-        if not getattr(ckpt.process, "extends_context", False):
+        if not ckpt.process.extends_context:
             # a whole-canvas sampler writes inside the trained context; block diffusion and AR slide a window
             length = min(length, ckpt.context_length - max(len(ckpt.tokenizer.encode(p)) for p in prompts))
         texts, _ = generate(ckpt, prompts, length)

@@ -62,6 +62,7 @@ except ImportError:  # pragma: no cover - the [eval] extra is missing
 from dlm.processes.likelihood import stratified_uniforms
 from dlm.sampling import Canvas
 from dlm.sampling.editing import cut_at_stop
+from dlm.sampling.registry import greedy_sampler
 from dlm.sampling.run import SamplerRequest, run_sampler
 from dlm.training.checkpoint import Checkpoint, load_checkpoint
 from dlm.training.performance import resolve_device
@@ -69,7 +70,6 @@ from dlm.training.performance import resolve_device
 log = logging.getLogger(__name__)
 
 TASKS = Path(__file__).resolve().parent / "tasks"  # the bundled local tasks (dlm_shakespeare_*)
-GREEDY_SAMPLERS = ("autoregressive", "confidence")  # decode greedily one token per step at temperature 0
 DEFAULT_GEN_TOKS = 256  # lm_eval's default max_gen_toks
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -154,11 +154,12 @@ class DlmLM(LM):
         limit = self.ckpt.context_length
         self._max_length = min(int(max_length), limit) if _optional(int, max_length) else limit
         process = self.ckpt.process
-        self.exact = bool(getattr(process, "exact", False))
+        self.exact = process.exact
         if self.sampler is not None and self.sampler not in process.samplers:
             raise DlmError(f"the {self.sampler} sampler cannot sample a {process.name} model; use sampler="
                            f"{' or sampler='.join(process.samplers)}")
-        self.greedy_sampler = next((s for s in GREEDY_SAMPLERS if s in process.samplers), None)
+        # greedy decoding, one token per step, whose output per row does not depend on the batch
+        self.greedy_sampler = greedy_sampler(process)
         self._known: dict[str, bool] = {}  # character -> whether the tokenizer can encode it
 
     # -- what lm_eval reads -----------------------------------------------------------------
@@ -332,7 +333,7 @@ class DlmLM(LM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         ckpt, tok = self.ckpt, self.ckpt.tokenizer
-        extends = bool(getattr(ckpt.process, "extends_context", False))
+        extends = ckpt.process.extends_context
         W = self.max_length
         groups = defaultdict(list)  # (length, temperature) -> [(index, prompt ids, until)]
         capped = cut = 0

@@ -28,7 +28,7 @@ class ARJudge:
     context are scored in windows, each chunk given the text before it up to the context."""
 
     def __init__(self, ckpt: Checkpoint):
-        if ckpt.process.name != "ar":
+        if not ckpt.process.exact:  # a left-to-right model with an exact likelihood
             raise DlmError(f"a judge must be an autoregressive checkpoint, got a {ckpt.process.name} model")
         self.ckpt, self.tokenizer = ckpt, ckpt.tokenizer
         self.context = ckpt.context_length

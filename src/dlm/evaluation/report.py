@@ -45,7 +45,7 @@ def plots(result: BenchResult, out: Path) -> dict[str, str]:
             pts = sorted(by(result.speed, process=name, batch=batch), key=lambda r: r["length"])
             if pts:
                 ax.plot([r["length"] for r in pts], [r["seconds"] for r in pts], marker="o", color=COLORS[name],
-                        label=name if name == "ar" else f"{name} ({pts[0]['steps']} steps)")
+                        label=f"{name} ({pts[0]['steps']} steps)" if pts[0].get("fixed_steps", True) else name)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("generated tokens per sample")
@@ -62,7 +62,7 @@ def plots(result: BenchResult, out: Path) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(6.2, 4.4))
         for name in COLORS:
             pts = sorted(by(result.steps, process=name), key=lambda r: r[xkey])
-            if pts and not (key == "quality_steps" and name == "masked (threshold)"):
+            if pts and not (key == "quality_steps" and pts[0].get("kind") == "threshold"):
                 ax.plot([r[xkey] for r in pts], [r["judge_bits_per_char"] for r in pts], marker="o",
                         color=COLORS[name], label=name)
         ar = by(result.samples, process="ar")

@@ -165,9 +165,9 @@ def canvas_for(batch: int, shape: Shape, device: torch.device) -> Canvas:
 DECODING = {
     "ar_decode": ("ar", {}, "autoregressive", {},
                   lambda p, s: p.queries == 1 and p.cached > 0),
-    "masked_dual_cache": ("masked", {}, "confidence", {"cache": "dual", "temperature": 0.0},
+    "masked_dual_cache": ("masked", {}, "confidence", {"cache": "dual", "temperature": 0.0, "block_length": "block"},
                           lambda p, s: p.queries == s.block and p.cached > 0),
-    "masked_full": ("masked", {}, "confidence", {"cache": "none", "temperature": 0.0},
+    "masked_full": ("masked", {}, "confidence", {"cache": "none", "temperature": 0.0, "block_length": "block"},
                     lambda p, s: p.queries == s.prompt + s.generate),
     "block_cached": ("block", {"block_size": "block"}, "block", {},
                      lambda p, s: p.cached > 0),
@@ -181,8 +181,7 @@ def decoding_passes(step: str, preset: str, batch: int, shape: Shape, device: to
     settings = {k: getattr(shape, v) for k, v in settings.items()}
     model, process = build(preset, process_name, shape, device, **settings)
     canvas = canvas_for(batch, shape, device)
-    if sampler == "confidence":
-        knobs = {**knobs, "block_length": shape.block}
+    knobs = {k: getattr(shape, v) if k == "block_length" else v for k, v in knobs.items()}  # LLaDA blocks of the shape
     generator = torch.Generator(device=device).manual_seed(0)
     steps = shape.generate // shape.block * shape.steps_per_block  # the AR sampler takes one pass per token
     with PassLog(model) as log:  # the median over the passes leaves out the first passes' allocations

@@ -35,6 +35,10 @@ class ForwardProcess(Protocol):
       infills          whether it can generate a span that has fixed text after it
       absorbing        whether its noise is a [MASK] token (mask_id), so that the model gives the
                        likelihood of text with some positions left masked (marginalised over them)
+      exact            whether `nelbo` is the exact -log p (AR): one evaluation pass per chunk suffices,
+                       and the model can judge text left to right
+      extends_context  whether its samplers slide a window over a KV cache, so they write past max_len
+      min_steps(n)     the fewest sampler steps that can generate n tokens (one per block for block diffusion)
       schedules        the noise schedule names its config accepts
       TRAINING_DEFAULTS  config entries `dlm train` uses unless told otherwise
       model_options()  ModelConfig fields the denoiser must have (attention, time_conditioning, ...)
@@ -46,6 +50,10 @@ class ForwardProcess(Protocol):
     samplers: tuple[str, ...]
     infills: bool
     absorbing: bool
+    exact: bool
+    extends_context: bool
+
+    def min_steps(self, length: int) -> int: ...
 
     def model_options(self) -> dict: ...
 
@@ -79,6 +87,10 @@ class Process:
     extends_context = False  # its sampler slides a window over a KV cache, so it writes past max_len
     distills = False  # self-distillation through time applies (absorbing processes: processes/distillation.py)
     options: tuple[str, ...] = ()  # config keys beyond the common ones that `dlm train` may set (shift, ...)
+
+    def min_steps(self, length: int) -> int:
+        """The fewest steps a sampler needs to generate `length` tokens: one, unless blocks come in turn."""
+        return 1
 
     def for_step(self, step: int) -> "Process":
         """The process as it trains at optimizer step `step` (0-based). A curriculum (block diffusion's

@@ -219,6 +219,10 @@ class BlockDiffusion(Process):
         return (f"BlockDiffusion(block_size={self.block_size}, schedule={self.schedule}, "
                 f"objective={self.objective!r}{extra})")
 
+    def min_steps(self, length: int) -> int:
+        """Blocks are generated in turn, each in at least one step."""
+        return max(-(-length // self.block_size), 1)
+
     def model_options(self) -> dict:
         # The process passes its own block mask; "bidirectional" is what the model does without one.
         return {"attention": "bidirectional", "time_conditioning": False, "logit_shift": self.shift}

@@ -76,7 +76,7 @@ def estimate_likelihood(process: ForwardProcess, denoiser: Denoiser, chunks: Ten
     if chunks.dim() != 2 or chunks.shape[0] == 0:
         raise ValueError(f"need a non-empty (N, L) tensor of chunks, got shape {tuple(chunks.shape)}")
     N, L = chunks.shape
-    K = 1 if getattr(process, "exact", False) else samples_per_chunk  # an exact likelihood needs no repeats
+    K = 1 if process.exact else samples_per_chunk  # an exact likelihood needs no repeats
     u = stratified_uniforms(N, K, generator=generator)  # (N, K)
     rows = chunks.repeat_interleave(K, dim=0)  # (N K, L): chunk i occupies rows i K .. i K + K - 1
     masks = None if loss_masks is None else loss_masks.repeat_interleave(K, dim=0)

@@ -116,8 +116,8 @@ def infill_lengths(fill: Callable[[Canvas], SampleOutput], scorer, process, piec
     if criterion not in CRITERIA:
         raise DlmError(f"unknown length criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if criterion == "auto":
-        criterion = "context" if getattr(process, "absorbing", False) else "text"
-    if criterion == "context" and not getattr(process, "absorbing", False):
+        criterion = "context" if process.absorbing else "text"
+    if criterion == "context" and not process.absorbing:
         raise DlmError(f"the {process.name} process has no [MASK] to leave a span masked with: use the "
                        f"'text' criterion")
     start = time.perf_counter()

@@ -12,9 +12,9 @@ Which jobs share a batch (per-request determinism; see `Settings.batch_key`):
 - a request with a seed must give the same text whatever else is running. The samplers take
   one generator for the whole (B, L) canvas, so a row's draws depend on the rows beside it:
   a seeded request therefore runs alone (its n rows together, exactly as
-  `dlm generate --seed S --num-samples n`), unless its sampler is deterministic and batch
-  invariant (confidence and autoregressive at temperature 0, tested in tests/test_samplers.py), in
-  which case the seed does not matter and it batches like an unseeded one.
+  `dlm generate --seed S --num-samples n`), unless its sampler's record says it is greedy and
+  batch invariant at temperature 0 (tested in tests/test_samplers.py), in which case the seed
+  does not matter and it batches like an unseeded one.
 
 Events emitted to a job:
   {"type": "step", "step", "steps", "t", "nfe", "rows": [{"positions", "token_ids", "tokens",
@@ -38,63 +38,44 @@ from dataclasses import dataclass, field, replace
 from dlm.errors import DlmError
 from dlm.sampling import Canvas, StepInfo
 from dlm.sampling.editing import cut_at_stop
-from dlm.sampling.run import SamplerRequest, run_sampler
+from dlm.sampling.registry import RECORDS, Plan
+from dlm.sampling.run import run_plan
 from dlm.server.metrics import Metrics
 
 log = logging.getLogger("dlm.server")
-
-# Samplers whose output at temperature 0 is a function of each row alone (batch invariance is
-# tested for them), so a seed is irrelevant and seeded requests may share a batch.
-GREEDY_BATCH_INVARIANT = frozenset({"confidence", "autoregressive"})
-
 
 def request_field(knob: str) -> str:
     """How a sampler knob is spelled in a request body (for messages)."""
     return {"cfg": "cfg_scale"}.get(knob, knob)
 
 
-# Samplers that may turn a written token back into [MASK]: a position that is not masked is not final.
-REMASKING = frozenset({"remdm"})
-# Samplers that write each position once, left to right, over the canvas's [MASK] placeholder.
-LEFT_TO_RIGHT = frozenset({"autoregressive"})
-
-
 def commits_are_final(process, sampler: str) -> bool:
     """Whether a generated position that no longer holds [MASK] will never change again: true for
     absorbing processes (masked, block) and left-to-right samplers, unless the sampler remasks. Under
     uniform or Gaussian noise every position is noise until the end, so nothing streams early."""
-    return sampler not in REMASKING and (bool(getattr(process, "absorbing", False)) or sampler in LEFT_TO_RIGHT)
+    record = RECORDS[sampler]
+    return not record.remasks and (process.absorbing or record.left_to_right)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything that shapes how a canvas row is sampled; jobs batch only when these are equal."""
     command: str  # "generate" or "infill": as `dlm generate` / `dlm infill` sample them
-    sampler: str
-    steps: int
-    temperature: float
     generated: int  # positions written per row (max_tokens, or the sum of the span lengths)
-    block_length: int | None = None
-    threshold: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    cfg_scale: float = 0.0
-    seed: int | None = None
+    plan: Plan  # the checked sampler request (dlm.sampling.registry.resolve); its seed is None when unseeded
+
+    sampler = property(lambda self: self.plan.sampler)
+    steps = property(lambda self: self.plan.steps)
+    temperature = property(lambda self: self.plan.temperature)
+    seed = property(lambda self: self.plan.seed)
 
     def batch_key(self) -> "Settings | None":
         """What a job must match to share a batch, or None when it must run alone."""
         if self.seed is None:
             return self
-        if self.sampler in GREEDY_BATCH_INVARIANT and self.temperature == 0:
-            return replace(self, seed=None)
+        if self.plan.record.greedy_batch_invariant and self.temperature == 0:
+            return replace(self, plan=replace(self.plan, seed=None))
         return None
-
-    def request(self, seed: int) -> SamplerRequest:
-        """The sampler request for `dlm.sampling.run.run_sampler`."""
-        return SamplerRequest(sampler=self.sampler, steps=self.steps, temperature=self.temperature, seed=seed,
-                              knobs={"block_length": self.block_length, "top_k": self.top_k, "top_p": self.top_p,
-                                     "threshold": self.threshold},
-                              cfg=self.cfg_scale, stop_at_eos=self.command == "generate")
 
 
 @dataclass(frozen=True)
@@ -343,8 +324,8 @@ class Engine:
                             job.emit({"type": "text", "row": i, "text": text})
 
         try:
-            out, name, temperature = run_sampler(ckpt, canvas, settings.request(seed), generated=settings.generated,
-                                                 callback=callback, option=request_field)
+            out = run_plan(ckpt, canvas, settings.plan, seed=seed, callback=callback)
+            name, temperature = settings.sampler, settings.temperature
         except Abandoned:
             return
         except DlmError as e:

@@ -7,15 +7,14 @@ and a message that says what to change; nothing past this point checks user inpu
 from __future__ import annotations
 
 import functools
-import inspect
-import math
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from dlm.sampling.run import DEFAULT_TEMPERATURE, check_fits
 from dlm.errors import DlmError
-from dlm.sampling import SAMPLERS, parse_template
-from dlm.server.engine import Row, Settings
+from dlm.sampling import parse_template
+from dlm.sampling.registry import SamplerRequest, all_knobs, resolve
+from dlm.sampling.run import check_fits
+from dlm.server.engine import Row, Settings, request_field
 from dlm.server.engine import canvas_tokens, work
 from dlm.server.limits import Limits
 
@@ -31,13 +30,11 @@ class ApiError(Exception):
 UNSUPPORTED = {"echo", "logprobs", "best_of", "suffix", "logit_bias", "presence_penalty", "frequency_penalty"}
 
 
-class SamplingFields(BaseModel):
+class RequestFields(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     model: str | None = None
     n: int = 1
     temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
     seed: int | None = None
     stream: bool = False
     stream_options: dict | None = None  # accepted for OpenAI clients; usage always comes in the last chunk
@@ -45,10 +42,15 @@ class SamplingFields(BaseModel):
     # dlm's own fields
     steps: int | None = None
     sampler: str | None = None
-    block_length: int | None = None
-    threshold: float | None = None
     cfg_scale: float = 0.0
     dlm_steps: bool = False  # with stream: also send an `event: dlm.step` after every denoising step
+
+
+# Every sampler knob is a field, spelled as its record's public name (top_p, top_k, block_length,
+# threshold, factor, confidence, cache, eta, remask, sub_block): a new sampler's knobs need no edit here.
+KNOBS = all_knobs()
+SamplingFields = create_model("SamplingFields", __base__=RequestFields,
+                              **{name: (knob.kind | None, None) for name, knob in KNOBS.items()})
 
 
 class CompletionRequest(SamplingFields):
@@ -88,40 +90,31 @@ def _check_range(name: str, value, low, high, *, low_open: bool = False) -> None
         raise ApiError(400, f"'{name}' must be in {bracket}{low}, {high}], got {value}", name)
 
 
+def quoted(field: str) -> str:
+    """A sampler knob as a request field, for messages: 'cfg_scale'."""
+    return f"'{request_field(field)}'"
+
+
 def settings_for(req: SamplingFields, ckpt, limits: Limits, *, command: str, generated: int) -> Settings:
-    process = ckpt.process
-    name = req.sampler or process.default_sampler
-    if name not in SAMPLERS or name not in process.samplers:
-        raise ApiError(400, f"the sampler {name!r} cannot sample this {process.name} model; use "
-                            f"{' or '.join(repr(s) for s in process.samplers)}", "sampler")
-    accepted = inspect.signature(SAMPLERS[name]).parameters
-    knobs = {"block_length": req.block_length, "threshold": req.threshold, "top_k": req.top_k, "top_p": req.top_p}
-    refused = [k for k, v in knobs.items() if v is not None and k not in accepted]
-    if refused:
-        takers = [s for s in process.samplers if all(k in inspect.signature(SAMPLERS[s]).parameters for k in refused)]
-        also = f", or use the sampler {' or '.join(map(repr, takers))}" if takers else ""
-        raise ApiError(400, f"the {name} sampler does not take {', '.join(refused)}; leave it out{also}", refused[0])
+    """The server's own limits, then the sampler's checks (dlm.sampling.registry.resolve, the same
+    as the command line's) -> the Settings of the request's rows."""
     if req.dlm_steps and not req.stream:
         raise ApiError(400, "'dlm_steps' sends events in a stream: set 'stream': true as well", "dlm_steps")
     _check_range("n", req.n, 1, limits.max_n)
     _check_range("temperature", req.temperature, 0, limits.max_temperature)
-    _check_range("top_p", req.top_p, 0, 1, low_open=True)
-    _check_range("top_k", req.top_k, 1, 1 << 31)
-    _check_range("threshold", req.threshold, 0, 1)
     _check_range("cfg_scale", req.cfg_scale, 0, limits.max_cfg_scale)
     _check_range("seed", req.seed, 0, MAX_SEED)
     _check_range("steps", req.steps, 1, limits.max_steps)
     _check_range("block_length", req.block_length, 1, limits.max_tokens)
-    steps = req.steps or max(generated, 1)  # as `dlm generate`: one step per token unless told
-    if req.block_length:
-        blocks = math.ceil(generated / req.block_length)
-        if steps < blocks:
-            raise ApiError(400, f"{steps} steps cannot cover {blocks} blocks of {req.block_length} tokens: ask for "
-                                f"at least {blocks} steps or a larger block_length", "steps")
-    temperature = DEFAULT_TEMPERATURE.get(name, 1.0) if req.temperature is None else float(req.temperature)
-    return Settings(command=command, sampler=name, steps=steps, temperature=temperature, generated=generated,
-                    block_length=req.block_length, threshold=req.threshold, top_k=req.top_k, top_p=req.top_p,
-                    cfg_scale=float(req.cfg_scale), seed=req.seed)
+    _check_range("sub_block", req.sub_block, 1, limits.max_tokens)
+    request = SamplerRequest(sampler=req.sampler, steps=req.steps, temperature=req.temperature, seed=req.seed,
+                             knobs={name: getattr(req, name) for name in KNOBS}, cfg=req.cfg_scale,
+                             stop_at_eos=command == "generate")
+    try:
+        plan = resolve(ckpt.process, request, generated=generated, spell=quoted)
+    except DlmError as e:
+        raise ApiError(400, str(e), e.param and request_field(e.param)) from None
+    return Settings(command=command, generated=generated, plan=plan)
 
 
 def encode(tokenizer, text: str, param: str) -> list[int]:
@@ -207,7 +200,7 @@ def plan_completion(req: CompletionRequest, ckpt, limits: Limits) -> tuple[Setti
 
 def plan_infill(req: InfillRequest, ckpt, limits: Limits) -> tuple[Settings, list[Row]]:
     _check_range("n", req.n, 1, limits.max_n)
-    if not getattr(ckpt.process, "infills", False):
+    if not ckpt.process.infills:
         raise ApiError(400, f"this {ckpt.process.name} model writes left to right and cannot fill a span with text "
                             f"after it; use /v1/completions", "text")
     try:
