@@ -24,7 +24,6 @@ import argparse
 import json
 import random
 import re
-import socket
 import sys
 import tempfile
 import threading
@@ -148,32 +147,6 @@ def tiny_model(folder: Path) -> Path:
     return folder / "run"
 
 
-class Server:
-    """An app served by uvicorn in a thread on a free port of 127.0.0.1."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        from dlm.server.listen import server_config
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(server_config(app, log_level="critical"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="checkpoint to serve (default: a tiny model trained here)")
@@ -188,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from dlm.server.app import create_app
     from dlm.server.limits import Limits
+    from dlm.server.listen import ServedInThread
     from dlm.training import load_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -202,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = threading.Lock()
     local = threading.local()
 
-    with Server(app) as server:
+    with ServedInThread(app, log_level="critical") as server:
         def send(item) -> None:
             path, body, headers = item
             if not hasattr(local, "client"):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import threading
@@ -113,34 +112,6 @@ def mean_batch_rows(url: str) -> float:
     return float(values["dlm_batch_rows_sum"]) / max(float(values["dlm_batch_rows_count"]), 1.0)
 
 
-class Served:
-    """A checkpoint served by uvicorn in a thread on a free port."""
-
-    def __init__(self, ckpt, limits):
-        import uvicorn
-
-        from dlm.server.app import create_app
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        from dlm.server.listen import server_config
-
-        self.server = uvicorn.Server(server_config(create_app(ckpt, limits=limits, seed=0)))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = p.add_mutually_exclusive_group(required=True)
@@ -175,14 +146,16 @@ def main(argv: list[str] | None = None) -> int:
                               prompts=args.prompt or PROMPTS)
         runs["batched"]["mean_batch_rows"] = mean_batch_rows(args.url)
     else:
+        from dlm.server.app import create_app
         from dlm.server.limits import Limits
+        from dlm.server.listen import ServedInThread
         from dlm.training import load_checkpoint
 
         ckpt = load_checkpoint(args.model)
         for name, rows in (("batched", args.max_rows), ("one_at_a_time", 1)):
             limits = Limits(max_rows=rows, max_queue=max(64, args.concurrency * 2), window_ms=args.window_ms,
                             max_tokens=max(args.max_tokens, 1), timeout_s=600, workers=1)  # batching alone
-            with Served(ckpt, limits) as served:
+            with ServedInThread(create_app(ckpt, limits=limits, seed=0)) as served:
                 load(served.url, requests=min(8, args.requests), concurrency=2, body=body,
                      prompts=args.prompt or PROMPTS)  # warm-up
                 runs[name] = load(served.url, requests=args.requests, concurrency=args.concurrency, body=body,
@@ -213,7 +186,9 @@ def main_mix(args) -> int:
     if args.url:
         runs["server"] = mix(args.url, **kw)
     else:
+        from dlm.server.app import create_app
         from dlm.server.limits import Limits
+        from dlm.server.listen import ServedInThread
         from dlm.training import load_checkpoint
 
         ckpt = load_checkpoint(args.model)
@@ -221,7 +196,7 @@ def main_mix(args) -> int:
             limits = Limits(max_rows=max(args.max_rows, n), max_n=n, max_queue=max(64, args.concurrency * 2),
                             window_ms=args.window_ms, max_tokens=max(tokens, args.max_tokens), max_steps=steps,
                             timeout_s=600, work_budget=1 << 30, workers=workers)
-            with Served(ckpt, limits) as served:
+            with ServedInThread(create_app(ckpt, limits=limits, seed=0)) as served:
                 load(served.url, requests=4, concurrency=2, body=short, prompts=kw["prompts"])  # warm-up
                 runs[f"workers_{workers}"] = mix(served.url, **kw)
     for name, r in runs.items():

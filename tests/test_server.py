@@ -24,7 +24,7 @@ from dlm.cli import main  # noqa: E402
 from dlm.server import Engine, Job  # noqa: E402
 from dlm.server.app import create_app  # noqa: E402
 from dlm.server.limits import Limits  # noqa: E402
-from dlm.server.listen import server_config  # noqa: E402
+from dlm.server.listen import ServedInThread  # noqa: E402
 from dlm.server.schema import CompletionRequest, plan_completion  # noqa: E402
 from dlm.training import load_checkpoint  # noqa: E402
 
@@ -57,27 +57,7 @@ def free_socket() -> socket.socket:
     return sock
 
 
-class LiveServer:
-    """uvicorn in a thread on a free port of 127.0.0.1."""
-
-    def __init__(self, app):
-        self.sock = free_socket()
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(server_config(app))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-        self.sock.close()
+LiveServer = ServedInThread  # uvicorn in a thread on a free port (also tests/test_server_access.py)
 
 
 @pytest.fixture(scope="module")

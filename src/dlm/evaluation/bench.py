@@ -39,6 +39,7 @@ from dlm.training.config import TrainConfig
 
 PROCESSES = ("masked", "uniform", "block", "gaussian", "ar")
 DIFFUSION = PROCESSES[:-1]
+CODE_PROCESSES = ("masked", "ar")  # infilling code: diffusion that sees both sides, AR the text before
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,7 @@ def run_bench(suite: Suite, cache: Path, *, log: Callable[[str], None] = print, 
                                      final_eval_chunks=suite.final_eval_chunks, compile=suite.compile), "judge")
     judge = ARJudge(judge_ckpt)
     code = {}
-    for name in ("masked", "ar"):
+    for name in CODE_PROCESSES:
         log(f"code model: {name} (pystdlib, BPE, {suite.code_minutes:g} min)")
         code[name] = trained(TrainConfig(out=str(cache / f"code-{name}"), process=name, preset=suite.preset,
                                          data="pystdlib", tokenizer="bpe", vocab_size=2048,

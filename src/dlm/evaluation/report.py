@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from dlm.evaluation.bench import BenchResult
+from dlm.evaluation.bench import DIFFUSION, BenchResult
 
 COLORS = {"masked": "tab:blue", "uniform": "tab:orange", "block": "tab:green", "gaussian": "tab:purple",
           "ar": "tab:gray", "masked (threshold)": "tab:cyan"}
@@ -104,7 +104,7 @@ def classic_table(result: BenchResult) -> str:
         a, b = by(speed, process=name, batch=batch, length=lo), by(speed, process=name, batch=batch, length=hi)
         return f"{b[0]['seconds'] / a[0]['seconds']:.1f}x" if a and b else "n/a"
 
-    diffusion = [n for n in ("masked", "uniform", "block", "gaussian") if n in like]
+    diffusion = [n for n in DIFFUSION if n in like]
     best = min(diffusion, key=lambda n: like[n]["bits_per_char"]) if diffusion else None
     fastest_tpf = max((r for r in result.steps), key=lambda r: r["tokens_per_forward"], default=None)
     infill = {r["model"]: r for r in result.infill}

@@ -92,7 +92,7 @@ REMASK = Knob("schedule", str, "ReMDM remasking schedule (default cap)", choices
               option="remask")
 
 
-def _no_block_floor(process, generated: int, knobs: dict) -> int:
+def _process_floor(process, generated: int, knobs: dict) -> int:
     return process.min_steps(generated)
 
 
@@ -125,7 +125,7 @@ class SamplerRecord:
     extends_context: bool = False  # slides a window over a KV cache, so it can write past the model's context
     stops_at_eos: bool = False  # takes `eos_id` and stops once every row has written end-of-text
     exclusive: tuple[tuple[str, ...], ...] = ()  # groups of knobs of which at most one may be given
-    min_steps: Callable = field(default=_no_block_floor)  # (process, generated, knobs) -> fewest steps allowed
+    min_steps: Callable = field(default=_process_floor)  # (process, generated, knobs) -> fewest steps allowed
 
     def knob(self, public: str) -> Knob | None:
         return next((k for k in self.knobs if k.public == public), None)

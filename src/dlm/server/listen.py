@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
+import time
 
 import h11
 import uvicorn
@@ -93,3 +96,31 @@ def server_config(app, **kwargs) -> uvicorn.Config:
     limits, metrics = app.state.limits, app.state.metrics
     kwargs.setdefault("log_level", "warning")
     return uvicorn.Config(app, http=timed_protocol(limits.read_timeout_s, metrics), **kwargs)
+
+
+class ServedInThread:
+    """An app served by uvicorn (`server_config`) in a thread on a free port of 127.0.0.1, as a
+    context manager: the tests' live server and the serving benchmarks."""
+
+    def __init__(self, app, *, start_timeout_s: float = 20.0, **config):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.start_timeout_s = start_timeout_s
+        self.server = uvicorn.Server(server_config(app, **config))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> "ServedInThread":
+        self.thread.start()
+        deadline = time.monotonic() + self.start_timeout_s
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()

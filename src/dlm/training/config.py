@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from dlm.errors import DlmError
+from dlm.processes.block import CLEAN_ATTENTION
 from dlm.processes.distillation import DIVERGENCES, TARGETS
 
 if sys.version_info >= (3, 11):
@@ -91,8 +92,8 @@ class TrainConfig:
             raise DlmError(f"block_size must be at least 1, got {self.block_size}")
         if self.lr <= 0:
             raise DlmError(f"lr must be positive, got {self.lr}")
-        if self.clean_attention not in ("block", "causal"):
-            raise DlmError(f"clean_attention must be block or causal, got {self.clean_attention!r}")
+        if self.clean_attention not in CLEAN_ATTENTION:
+            raise DlmError(f"clean_attention must be {' or '.join(CLEAN_ATTENTION)}, got {self.clean_attention!r}")
         if self.anneal_steps < 0 or self.block_warmup_steps < 0:
             raise DlmError("--anneal-steps and --block-warmup-steps must not be negative")
         if self.distill_from:
