@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dlm.models import PRESETS, ModelConfig, Transformer, preset_config
-from dlm.models.transformer import KVCache, explicit_attention
+from dlm.models.transformer import KVCache, RMSNorm, apply_rope, explicit_attention, rope_angles
 
 from conftest import tiny_model
 
@@ -50,6 +50,38 @@ def test_left_and_right_padding_do_not_change_logits(attention):
         right_mask = left_mask.flip(1)
         torch.testing.assert_close(m(left, attention_mask=left_mask)[0, 4:], alone, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(m(right, attention_mask=right_mask)[0, :9], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_rms_norm_equals_pytorch_bit_for_bit():
+    """The written-out RMSNorm gives F.rms_norm's float32 values exactly, and its gradients."""
+    g = torch.Generator().manual_seed(0)
+    norm = RMSNorm(48, 1e-5)
+    norm.weight.data = torch.randn(48, generator=g)
+    for shape in [(1, 1, 48), (3, 17, 48), (2, 256, 48)]:
+        x = torch.randn(shape, generator=g, requires_grad=True) * 3
+        ours, theirs = norm(x), torch.nn.functional.rms_norm(x, (48,), norm.weight, 1e-5)
+        assert torch.equal(ours, theirs)
+        up = torch.randn(shape, generator=g)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(torch.autograd.grad(ours, (x, norm.weight), up),
+                                                                   torch.autograd.grad(theirs, (x, norm.weight), up)))
+    assert norm(torch.randn(2, 5, 48, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_rope_is_the_rotate_half_formula_bit_for_bit():
+    """apply_rope's roll and signed sin give x cos + rotate_half(x) sin exactly (RoFormer, eq. 34),
+    with positions that need not be 0..L-1, and keep each pair's norm."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 7, 5, 16, generator=g)  # (B, L, heads, hd)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6], [3, 3, 4, 9, 10, 200, 201]])
+    cos, signed_sin = rope_angles(positions, 16, 10000.0)
+    inv_freq = 10000.0 ** (-torch.arange(0, 16, 2, dtype=torch.float32) / 16)
+    angles = positions.float()[..., None] * inv_freq
+    angles = torch.cat([angles, angles], -1)[:, :, None]  # (B, L, 1, hd)
+    rotate_half = torch.cat([-x[..., 8:], x[..., :8]], dim=-1)
+    expected = x * angles.cos() + rotate_half * angles.sin()
+    assert torch.equal(apply_rope(x, cos, signed_sin), expected)
+    pair_norm = lambda t: t[..., :8] ** 2 + t[..., 8:] ** 2  # noqa: E731
+    assert torch.allclose(pair_norm(apply_rope(x, cos, signed_sin)), pair_norm(x), atol=1e-5)
 
 
 @pytest.mark.parametrize("causal", [False, True])
