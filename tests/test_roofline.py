@@ -60,6 +60,10 @@ def test_the_table_has_a_row_per_preset_batch_and_step():
         assert r["seconds"] > 0 and r["limit_seconds"] > 0 and r["ratio"] == pytest.approx(r["seconds"] /
                                                                                             r["limit_seconds"])
     assert 0 < result["train_fraction_of_peak"]["tiny"] < 1
+    full = [r for r in result["rows"] if r["step"] == "masked_full"]
+    # the pass's weight products alone take less than the whole pass (which also attends, norms, samples)
+    assert all(0 < r["matmul_seconds"] < r["seconds"] and r["matmul_ratio"] > 1 for r in full)
+    assert all("matmul_seconds" not in r for r in result["rows"] if r["step"] == "train")
 
 
 def test_the_script_writes_its_report_and_json(tmp_path):
@@ -74,3 +78,4 @@ def test_the_script_writes_its_report_and_json(tmp_path):
     assert {"seconds", "limit_seconds", "ratio"} <= data["rows"][0].keys()
     assert (tmp_path / "roofline.png").stat().st_size > 5_000
     assert "| tiny | 1 | ar_decode |" in (tmp_path / "roofline.md").read_text()
+    assert all(r["matmul_seconds"] > 0 for r in data["rows"])

@@ -326,6 +326,10 @@ def roofline_plot(result: dict, path: Path) -> None:
             if mine:
                 ax.scatter([r["limit_seconds"] * 1e3 for r in mine], [r["seconds"] * 1e3 for r in mine],
                            color=f"C{i}", marker=marker, label=f"{step}, {preset}", s=28)
+    floors = [r for r in result["rows"] if "matmul_seconds" in r]
+    if floors:  # where each decoding step would be if only its weight products took time
+        ax.scatter([r["limit_seconds"] * 1e3 for r in floors], [r["matmul_seconds"] * 1e3 for r in floors],
+                   color="0.55", marker="x", s=16, lw=0.8, label="its matmuls alone")
     lo = min(r["limit_seconds"] for r in result["rows"]) * 1e3
     hi = max(r["seconds"] for r in result["rows"]) * 1e3
     for factor, style in ((1, "-"), (3, "--"), (10, ":")):
@@ -352,11 +356,13 @@ def roofline_markdown(result: dict, before: dict | None = None, plot_name: str =
              f"of {result['shape']['block']}; training sequences of {result['shape']['train_seq_len']}.\n",
              f"![roofline]({plot_name})\n"]
     old = {(r["preset"], r["batch"], r["step"]): r for r in (before or {}).get("rows", [])}
-    header = ["preset", "batch", "step", "ms", "limit ms", "x limit"] + (["before ms", "speed-up"] if old else [])
+    header = ["preset", "batch", "step", "ms", "limit ms", "x limit", "matmuls ms", "x matmuls"] + (
+        ["before ms", "speed-up"] if old else [])
     rows = []
     for r in result["rows"]:
         row = [r["preset"], r["batch"], r["step"], fmt(r["seconds"] * 1e3, 2), fmt(r["limit_seconds"] * 1e3, 3),
                fmt(r["ratio"], 1)]
+        row += [fmt(r["matmul_seconds"] * 1e3, 2), fmt(r["matmul_ratio"], 1)] if "matmul_seconds" in r else ["", ""]
         if old:
             b = old.get((r["preset"], r["batch"], r["step"]))
             row += [fmt(b["seconds"] * 1e3, 2), fmt(b["seconds"] / r["seconds"], 2)] if b else ["", ""]
@@ -364,6 +370,9 @@ def roofline_markdown(result: dict, before: dict | None = None, plot_name: str =
     lines.append(table(header, rows))
     fractions = ", ".join(f"{p}: {100 * f:.1f}%" for p, f in result["train_fraction_of_peak"].items())
     lines.append(f"\nTraining (the best batch) reaches {fractions} of the matrix peak.\n")
+    lines.append("\"matmuls\": the step's weight products alone, measured as this machine's matrix library runs "
+                 "them (every Linear and the head once, on the pass's rows); \"x matmuls\" is the step over that "
+                 "floor, the share of dlm's own work (attention, norms, the sampler).\n")
     return "\n".join(lines)
 
 

@@ -19,6 +19,14 @@ are left out. A training step counts 6 * N_matmul + 12 * layers * L * d_model FL
 (`flops_per_token`) and reads and writes each parameter's weight, gradient and two optimizer
 moments once (8 x 4 bytes per parameter).
 
+Beside the limit, each decoding row has a measured floor: the seconds of the pass's matrix
+products alone (`matmul_floor`), every weight product of the model run once in the pass's order on
+inputs of its shape, as this machine's BLAS does them. The limit assumes products at peak and
+weights streamed at copy bandwidth; thin products (a few rows) fall far short of both on a CPU
+(measured: `small`'s weights stream at about 10 GB/s at one row and 4-5 GB/s at 8-32 rows, against
+28 GB/s of copy), so `seconds / matmul_seconds` says how much of a step is dlm's own work
+(attention, norms, the sampler) and the rest is what the matrix library leaves.
+
 The peak and bandwidth come from the caller (benchmarks/roofline.py measures them on the machine),
 for the precision the steps run in: bf16 where the hardware has bf16 matrix units, else fp32.
 """
@@ -118,6 +126,35 @@ def pass_limit(model: Transformer, p: Pass, hw: Hardware) -> float:
     weights = sum(t.numel() for t in model.parameters()) * size
     kv = p.batch * cfg.n_layers * 2 * (keys + p.queries) * kv_dim * size
     return max(flops / hw.peak_flops, (weights + kv) / hw.bandwidth)
+
+
+def matmul_floor(model: Transformer, p: Pass, *, repeats: int = 7) -> float:
+    """Median seconds of a pass's weight products alone: each Linear of the model, then the (tied)
+    head, applied in order to a (batch * queries, in_features) input, in the weights' dtype."""
+    weights = [m.weight for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) and "modulation" not in n and "time_mlp" not in n]
+    weights.append(model.embed.weight if model.head is None else model.head.weight)
+    rows = p.batch * p.queries
+    gen = torch.Generator(device=weights[0].device).manual_seed(0)
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1], generator=gen, device=w.device, dtype=w.dtype)
+              for w in weights}  # (rows, in) per input width
+
+    def run() -> None:
+        for w in weights:
+            torch.nn.functional.linear(inputs[w.shape[1]], w)  # (rows, out)
+
+    times = []
+    with torch.no_grad():
+        run()
+        for _ in range(repeats):
+            if weights[0].device.type == "cuda":
+                torch.cuda.synchronize(weights[0].device)
+            start = time.perf_counter()
+            run()
+            if weights[0].device.type == "cuda":
+                torch.cuda.synchronize(weights[0].device)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def train_limit(model: Transformer, batch: int, seq_len: int, hw: Hardware) -> float:
@@ -249,10 +286,14 @@ def measure(presets, batches, hw: Hardware, *, shape: Shape = Shape(), steps=STE
                     seconds = statistics.median(p.seconds for p in passes)
                     limit = statistics.median(pass_limit(model, p, hw) for p in passes)
                     queries = passes[0].queries
-                rows.append({"preset": preset, "batch": batch, "step": step, "seconds": seconds,
-                             "limit_seconds": limit, "ratio": seconds / limit, "queries": queries,
-                             "parameters": model.num_parameters()})
+                    floor = matmul_floor(model, passes[len(passes) // 2])
+                row = {"preset": preset, "batch": batch, "step": step, "seconds": seconds, "limit_seconds": limit,
+                       "ratio": seconds / limit, "queries": queries, "parameters": model.num_parameters()}
+                if step != "train":  # the step's weight products alone, as the BLAS runs them here
+                    row |= {"matmul_seconds": floor, "matmul_ratio": seconds / floor}
+                rows.append(row)
+                floor_text = f"  matmuls {floor * 1e3:8.2f} ms x{seconds / floor:.1f}" if "matmul_seconds" in row else ""
                 log(f"{preset:>5} B={batch:<3} {step:<18} {seconds * 1e3:9.2f} ms  limit {limit * 1e3:8.3f} ms  "
-                    f"x{seconds / limit:.1f}")
+                    f"x{seconds / limit:.1f}{floor_text}")
     return {"peak_flops": hw.peak_flops, "bandwidth": hw.bandwidth, "dtype": str(hw.dtype).replace("torch.", ""),
             "shape": shape.__dict__, "rows": rows, "train_fraction_of_peak": train_fraction}
