@@ -106,3 +106,19 @@ def test_the_demo_shows_a_puzzle_from_the_bench_models(tmp_path, micro_preset, c
     for name in ("masked", "ar"):
         assert shown[f"{name}_solved"] == load_task(spec).is_solved(test.prompt, shown[f"{name}_answer"])
     assert "puzzle" in out.getvalue() and out.getvalue().count("\n") >= 7
+
+
+def test_task_picks_the_suites_setting_or_a_given_spec_and_refuses_unknown_ones(capsys):
+    from dlm.evaluation.reasoning import REASONING_SUITES, reasoning_suite
+
+    own = next(s for s in REASONING_SUITES["reasoning"].tasks if s.startswith("sudoku6:"))
+    assert reasoning_suite("reasoning", tasks=["sudoku6"]).tasks == (own,)
+    assert reasoning_suite("reasoning", tasks=["paths", "sudoku:givens=30"]).tasks[1] == "sudoku:givens=30"
+    assert reasoning_suite("reasoning", tasks=["sudoku"]).tasks == ("sudoku",)  # not in the suite: its defaults
+    assert reasoning_suite("reasoning").tasks == REASONING_SUITES["reasoning"].tasks
+    for argv, words in ((["--suite", "reasoning", "--task", "chess"], "unknown task 'chess'"),
+                        (["--suite", "reasoning", "--task", "sudoku:givens=-3"], "givens"),
+                        (["--suite", "quick", "--task", "sudoku6"], "reasoning suite")):
+        assert main(["bench", *argv, "--out", "unused"]) == 1
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err

@@ -170,3 +170,19 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_exactly(config, tmp_path)
     resumed = train(config, resume=True, progress=False)
     assert resumed.losses == full.losses[3:]
     assert resumed.validation["val_bits_per_char"] == full.validation["val_bits_per_char"]
+
+
+def test_dropout_reaches_the_model_and_bad_values_are_refused(tmp_path):
+    from dlm.errors import DlmError
+    from dlm.training.checkpoint import load_checkpoint
+    from dlm.training.config import TrainConfig
+    from dlm.training.loop import train
+
+    out = tmp_path / "run"
+    train(TrainConfig(preset="tiny", steps=2, batch_size=4, seq_len=32, process="ar", dropout=0.2, compile=False,
+                      out=str(out)))
+    assert load_checkpoint(out).model.config.dropout == 0.2
+    with pytest.raises(DlmError, match="dropout"):
+        TrainConfig(dropout=-0.1)
+    with pytest.raises(DlmError, match="--eval-every must be at least 1"):
+        TrainConfig(eval_every=0)  # was a ZeroDivisionError at the first step

@@ -172,3 +172,18 @@ def test_kv_cache_written_in_place_holds_what_concatenation_would(capacity):
     assert torch.equal(cache.keys[0], keys[:, :, -6:]) and torch.equal(cache.valid, valid[:, -6:])
     cache.valid[:, 0] = False  # a view: writing it writes the cache (draft-and-verify hides rejected keys)
     assert not cache.valid[:, 0].any()
+
+
+def test_dropout_acts_only_in_training_and_changes_no_weights():
+    torch.manual_seed(0)
+    plain = Transformer(preset_config("tiny", vocab_size=V, n_layers=2, d_model=32, n_heads=2))
+    dropped = Transformer(preset_config("tiny", vocab_size=V, n_layers=2, d_model=32, n_heads=2, dropout=0.3))
+    dropped.load_state_dict(plain.state_dict())  # dropout adds no parameters or buffers
+    x = torch.randint(0, V, (2, 9))
+    plain.eval(), dropped.eval()
+    assert torch.equal(plain(x), dropped(x))  # evaluation is deterministic and unchanged
+    dropped.train()
+    a, b = dropped(x), dropped(x)
+    assert not torch.equal(a, b) and not torch.equal(a, plain(x))
+    with pytest.raises(ValueError, match="dropout"):
+        preset_config("tiny", vocab_size=V, dropout=1.0)

@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None, help="where the trained models live (default ~/.cache/dlm/bench-SUITE)")
     p.add_argument("--minutes", type=non_negative_float, default=None,
                    help="override the training budget of each compared model")
+    p.add_argument("--task", action="append", default=None, metavar="TASK",
+                   help="reasoning suites: run only this task (sudoku6, countdown, paths: the suite's setting) or "
+                        "a task spec as --data takes it (e.g. sudoku:givens=30 for 9x9); repeatable")
     p.add_argument("--json", action="store_true", help="print the report's path and summary as JSON")
 
     p = sub.add_parser("demo", help="train (or reuse) the demo models, then sample and infill live",

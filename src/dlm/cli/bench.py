@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from dlm import __version__
+from dlm.errors import DlmError
 
 
 def cache_root(args: argparse.Namespace) -> Path:
@@ -22,7 +23,9 @@ def run(args: argparse.Namespace) -> int:
     if args.suite.startswith("reasoning"):
         from dlm.evaluation.reasoning import reasoning_suite as named, run_reasoning as measure
         from dlm.evaluation.reasoning import write_reasoning_report as write
-        suite = named(args.suite, minutes=args.minutes)
+        suite = named(args.suite, minutes=args.minutes, tasks=args.task)
+    elif args.task:
+        raise DlmError(f"--task picks the tasks of a reasoning suite; the {args.suite} suite has none")
     elif args.suite.startswith("epochs"):
         from dlm.evaluation.epochs import epochs_suite as named, run_epochs as measure, write_epochs_report as write
         suite = named(args.suite, minutes=args.minutes)

@@ -98,10 +98,32 @@ REASONING_SUITES = {
 }
 
 
-def reasoning_suite(name: str, **overrides) -> ReasoningSuite:
+def chosen_tasks(suite_specs: tuple[str, ...], wanted: list[str]) -> tuple[str, ...]:
+    """--task choices as --data specs: a bare name takes the suite's spec of that task (or the task's
+    defaults when the suite has none), a full spec (name:key=value,...) is used as given."""
+    from dlm.data.tasks import TASKS
+
+    specs = []
+    for w in wanted:
+        name = w.partition(":")[0]
+        if name not in TASKS:
+            raise DlmError(f"unknown task {name!r}; choose from {', '.join(TASKS)} (or a spec such as "
+                           f"sudoku:givens=30)")
+        if ":" in w:
+            load_task(w)  # its parameters checked now, not after an hour of training
+            specs.append(w)
+        else:
+            specs.append(next((s for s in suite_specs if s.partition(":")[0] == name), name))
+    return tuple(dict.fromkeys(specs))
+
+
+def reasoning_suite(name: str, *, tasks: list[str] | None = None, **overrides) -> ReasoningSuite:
+    """The named suite, with `tasks` (see chosen_tasks) and other fields replaced."""
     if name not in REASONING_SUITES:
         raise DlmError(f"unknown reasoning suite {name!r}; choose one of {', '.join(REASONING_SUITES)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if tasks:
+        overrides["tasks"] = chosen_tasks(REASONING_SUITES[name].tasks, tasks)
     if "minutes" in overrides:  # a minutes budget replaces a suite's fixed steps
         overrides.setdefault("steps", 0)
     return replace(REASONING_SUITES[name], **overrides)

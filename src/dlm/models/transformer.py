@@ -46,6 +46,7 @@ class ModelConfig:
     qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2, hence Dream)
     logit_shift: bool = False  # the logits for token i come from position i - 1 (Dream, adapted from an AR model)
     output_size: int = 0  # tokens the head scores (the first rows); 0 = vocab_size. Rows past it pad the embedding
+    dropout: float = 0.0  # in training: on the embedding and on each sub-layer's output before the residual add
 
     def __post_init__(self):
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
@@ -58,6 +59,8 @@ class ModelConfig:
             raise ValueError(f"output_size={self.output_size} must be in [0, vocab_size={self.vocab_size}]")
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.embed_dim < 0:
             raise ValueError(f"embed_dim must be >= 0, got {self.embed_dim}")
         if self.vocab_size < 1 or self.n_layers < 1 or self.max_len < 1:
@@ -344,16 +347,21 @@ class Block(nn.Module):
         # adaLN-Zero: shift, scale, gate for each sub-layer, zero-initialised so that a
         # time-conditioned block starts as the identity (DiT, sec. 3.2).
         self.modulation = nn.Linear(cfg.d_model, 6 * cfg.d_model) if cfg.time_conditioning else None
+        self.dropout = cfg.dropout
+
+    def drop(self, y: Tensor) -> Tensor:
+        """Residual dropout (Vaswani et al., 2017, sec. 5.4): the identity unless training with dropout > 0."""
+        return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool,
                 temb: Tensor | None, past: Callable | None = None) -> Tensor:
         """-> (B, L, D); `past` as for Attention."""
         if self.modulation is None:
-            x = x + self.attn(self.norm1(x), cos, sin, mask, causal, past)
-            return x + self.ffn(self.norm2(x))
+            x = x + self.drop(self.attn(self.norm1(x), cos, sin, mask, causal, past))
+            return x + self.drop(self.ffn(self.norm2(x)))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(temb)[:, None].chunk(6, dim=-1)  # (B, 1, D)
-        x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, mask, causal, past)
-        return x + gate2 * self.ffn(self.norm2(x) * (1 + scale2) + shift2)
+        x = x + gate1 * self.drop(self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, mask, causal, past))
+        return x + gate2 * self.drop(self.ffn(self.norm2(x) * (1 + scale2) + shift2))
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -467,6 +475,8 @@ class Transformer(nn.Module):
             h = self.input_proj(x_t)  # (B, L, D)
         else:
             h = self.embed(x_t)  # (B, L, D)
+        if cfg.dropout and self.training:
+            h = F.dropout(h, cfg.dropout, training=True)  # (B, L, D)
         for i, block in enumerate(self.blocks):
             past = None if cache is None else functools.partial(cache.join, i)
             h = block(h, cos, sin, mask, causal, temb, past)

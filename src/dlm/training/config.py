@@ -59,6 +59,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.1  # on matrices only
+    dropout: float = 0.0  # residual and embedding dropout of a new model (regularisation for many epochs)
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
@@ -86,6 +87,12 @@ class TrainConfig:
             raise DlmError(f"seq_len must be at least 2, got {self.seq_len}")
         if self.steps < 0 or self.minutes < 0:
             raise DlmError("--steps and --minutes must not be negative")
+        for name, least in (("eval_every", 1), ("log_every", 1), ("eval_samples", 1), ("eval_chunks", 0),
+                            ("final_eval_chunks", 0)):  # chunks: 0 = every validation chunk
+            if getattr(self, name) < least:
+                raise DlmError(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise DlmError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.cond_drop < 1:
             raise DlmError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
         if self.block_size < 1:

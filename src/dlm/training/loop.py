@@ -180,7 +180,7 @@ def source_model_config(source: Source, process, config: TrainConfig) -> ModelCo
     """The shape of the model a run starts from, with what the new process needs (attention, time
     input, logit shift) and the new context; its size is the source's, whatever --preset says."""
     try:
-        return replace(source.model_config, max_len=config.seq_len, **process.model_options())
+        return replace(source.model_config, max_len=config.seq_len, dropout=config.dropout, **process.model_options())
     except (TypeError, ValueError) as e:
         raise DlmError(f"{source.description} cannot become a {config.process} model: {e}") from None
 
@@ -283,7 +283,7 @@ class Run:
             try:
                 model_config = (source_model_config(source, self.process, config) if source is not None else
                                 preset_config(config.preset, vocab_size=tokenizer.vocab_size, max_len=config.seq_len,
-                                              **self.process.model_options()))
+                                              dropout=config.dropout, **self.process.model_options()))
             except KeyError as e:
                 raise DlmError(str(e.args[0])) from None
         sharded = config.fsdp and place.enabled
