@@ -172,16 +172,11 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_exactly(config, tmp_path)
     assert resumed.validation["val_bits_per_char"] == full.validation["val_bits_per_char"]
 
 
-def test_dropout_reaches_the_model_and_bad_values_are_refused(tmp_path):
-    from dlm.errors import DlmError
-    from dlm.training.checkpoint import load_checkpoint
+def test_dropout_reaches_the_model_and_bad_values_are_refused(config):
     from dlm.training.config import TrainConfig
-    from dlm.training.loop import train
 
-    out = tmp_path / "run"
-    train(TrainConfig(preset="tiny", steps=2, batch_size=4, seq_len=32, process="ar", dropout=0.2, compile=False,
-                      out=str(out)))
-    assert load_checkpoint(out).model.config.dropout == 0.2
+    train(replace(config, steps=2, process="ar", dropout=0.2), progress=False)
+    assert load_checkpoint(config.out).model.config.dropout == 0.2
     with pytest.raises(DlmError, match="dropout"):
         TrainConfig(dropout=-0.1)
     with pytest.raises(DlmError, match="--eval-every must be at least 1"):
