@@ -68,7 +68,7 @@ def test_rms_norm_equals_pytorch_bit_for_bit():
 
 
 def test_rope_is_the_rotate_half_formula_bit_for_bit():
-    """apply_rope's roll and signed sin give x cos + rotate_half(x) sin exactly (RoFormer, eq. 34),
+    """apply_rope's swapped halves and signed sin give x cos + rotate_half(x) sin exactly (RoFormer, eq. 34),
     with positions that need not be 0..L-1, and keep each pair's norm."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 7, 5, 16, generator=g)  # (B, L, heads, hd)

@@ -112,9 +112,11 @@ def apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
     (B, L, 1, hd) from rope_angles.
 
     x * cos + rotate_half(x) * sin with rotate_half(x) = [-x_2, x_1] is written as the two halves
-    swapped (a roll) times the sin with its first half negated: the same products bit for bit (a
-    sign flip is exact), in four kernels instead of seven."""
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+    swapped, [x_2, x_1], times the sin with its first half negated: the same products bit for bit (a
+    sign flip is exact), in four kernels instead of five (a roll also swaps the halves, but measured
+    up to 2x slower than the concatenation at (8, 256) on CPU)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([x[..., half:], x[..., :half]], dim=-1) * signed_sin
 
 
 class RMSNorm(nn.Module):
