@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dlm.evaluation.roofline import (STEPS, Hardware, Pass, Shape, decoding_passes, flops_per_token, matmul_params,
-                                     measure, pass_limit, train_limit)
+                                     matmul_weights, measure, pass_limit, train_limit)
 from dlm.models import Transformer, preset_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +22,10 @@ def test_pass_limit_is_the_larger_of_compute_and_memory_time():
     cfg = model.config
     n_matmul = 6 * (cfg.d_model * 3 * cfg.d_model + cfg.d_model * cfg.d_model + 3 * cfg.d_model * cfg.ffn_width)
     assert matmul_params(model) == n_matmul + 96 * cfg.d_model  # block Linears + the tied head
+    untied = Transformer(preset_config("tiny", vocab_size=96, max_len=64, tie_embeddings=False))
+    assert matmul_params(untied) == matmul_params(model)  # its own head, counted once
+    heads = [w for w in matmul_weights(untied) if w.shape[0] == 96]
+    assert len(heads) == 1 and heads[0] is untied.head.weight  # the floor times it once, too
     p = Pass(batch=2, queries=8, cached=24, seconds=1.0)
     flops = 2 * (2 * 8 * matmul_params(model) + 4 * cfg.n_layers * 8 * 32 * cfg.d_model)
     weights = 4 * sum(t.numel() for t in model.parameters())

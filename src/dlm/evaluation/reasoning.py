@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from dlm.data.tasks import Instance, load_task, task_splits
+from dlm.data.tasks import TASKS, Instance, load_task, task_splits
 from dlm.errors import DlmError
 from dlm.sampling import SAMPLERS, Canvas
 from dlm.training.cached import ensure_trained
@@ -101,8 +101,6 @@ REASONING_SUITES = {
 def chosen_tasks(suite_specs: tuple[str, ...], wanted: list[str]) -> tuple[str, ...]:
     """--task choices as --data specs: a bare name takes the suite's spec of that task (or the task's
     defaults when the suite has none), a full spec (name:key=value,...) is used as given."""
-    from dlm.data.tasks import TASKS
-
     specs = []
     for w in wanted:
         name = w.partition(":")[0]

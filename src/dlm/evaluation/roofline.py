@@ -54,15 +54,20 @@ VOCAB = 96  # about the character vocabulary of the bundled corpora; weights and
 SPECIALS = {"mask": VOCAB - 1, "pad": VOCAB - 2, "bos": VOCAB - 3, "eos": VOCAB - 4}
 
 
+def matmul_weights(model: Transformer) -> list[torch.Tensor]:
+    """The weights used in a matrix product for every token, in the forward's order: the Linears
+    (not the per-sequence time conditioning), then the output head, which a tied model reads from the
+    embedding matrix (counted once, as a matmul)."""
+    weights = [module.weight for name, module in model.named_modules()
+               if isinstance(module, nn.Linear) and "modulation" not in name and "time_mlp" not in name]
+    if model.head is None:  # tied; an untied head is one of the Linears above
+        weights.append(model.embed.weight)
+    return weights
+
+
 def matmul_params(model: Transformer) -> int:
     """Weights used in a matrix product for every token: block Linears + the (tied) output head."""
-    n = 0
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and "modulation" not in name and "time_mlp" not in name:
-            n += module.weight.numel()
-    if model.head is None:  # tied: the embedding matrix is the output head (counted once, as a matmul)
-        n += model.embed.weight.numel()
-    return n
+    return sum(w.numel() for w in matmul_weights(model))
 
 
 def flops_per_token(model: Transformer, seq_len: int) -> float:
@@ -129,11 +134,9 @@ def pass_limit(model: Transformer, p: Pass, hw: Hardware) -> float:
 
 
 def matmul_floor(model: Transformer, p: Pass, *, repeats: int = 7) -> float:
-    """Median seconds of a pass's weight products alone: each Linear of the model, then the (tied)
-    head, applied in order to a (batch * queries, in_features) input, in the weights' dtype."""
-    weights = [m.weight for n, m in model.named_modules()
-               if isinstance(m, nn.Linear) and "modulation" not in n and "time_mlp" not in n]
-    weights.append(model.embed.weight if model.head is None else model.head.weight)
+    """Median seconds of a pass's weight products alone: each of `matmul_weights`, in order, applied
+    to a (batch * queries, in_features) input, in the weights' dtype."""
+    weights = matmul_weights(model)
     rows = p.batch * p.queries
     gen = torch.Generator(device=weights[0].device).manual_seed(0)
     inputs = {w.shape[1]: torch.randn(rows, w.shape[1], generator=gen, device=w.device, dtype=w.dtype)
@@ -280,19 +283,18 @@ def measure(presets, batches, hw: Hardware, *, shape: Shape = Shape(), steps=STE
                     limit = train_limit(model, batch, shape.train_seq_len, hw)
                     flops = flops_per_token(model, shape.train_seq_len) * batch * shape.train_seq_len
                     train_fraction[preset] = max(train_fraction.get(preset, 0.0), flops / seconds / hw.peak_flops)
-                    queries = shape.train_seq_len
+                    queries, extra = shape.train_seq_len, {}
                 else:
                     model, passes = decoding_passes(step, preset, batch, shape, device)
                     seconds = statistics.median(p.seconds for p in passes)
                     limit = statistics.median(pass_limit(model, p, hw) for p in passes)
                     queries = passes[0].queries
-                    floor = matmul_floor(model, passes[len(passes) // 2])
-                row = {"preset": preset, "batch": batch, "step": step, "seconds": seconds, "limit_seconds": limit,
-                       "ratio": seconds / limit, "queries": queries, "parameters": model.num_parameters()}
-                if step != "train":  # the step's weight products alone, as the BLAS runs them here
-                    row |= {"matmul_seconds": floor, "matmul_ratio": seconds / floor}
-                rows.append(row)
-                floor_text = f"  matmuls {floor * 1e3:8.2f} ms x{seconds / floor:.1f}" if "matmul_seconds" in row else ""
+                    floor = matmul_floor(model, passes[len(passes) // 2])  # its weight products alone
+                    extra = {"matmul_seconds": floor, "matmul_ratio": seconds / floor}
+                rows.append({"preset": preset, "batch": batch, "step": step, "seconds": seconds,
+                             "limit_seconds": limit, "ratio": seconds / limit, "queries": queries,
+                             "parameters": model.num_parameters(), **extra})
+                floor_text = f"  matmuls {floor * 1e3:8.2f} ms x{seconds / floor:.1f}" if extra else ""
                 log(f"{preset:>5} B={batch:<3} {step:<18} {seconds * 1e3:9.2f} ms  limit {limit * 1e3:8.3f} ms  "
                     f"x{seconds / limit:.1f}{floor_text}")
     return {"peak_flops": hw.peak_flops, "bandwidth": hw.bandwidth, "dtype": str(hw.dtype).replace("torch.", ""),
