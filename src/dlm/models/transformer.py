@@ -339,6 +339,12 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
+def dropout(h: Tensor, p: float, training: bool) -> Tensor:
+    """Residual and embedding dropout (Vaswani et al., 2017, sec. 5.4): the identity, with no kernel,
+    unless training with p > 0."""
+    return F.dropout(h, p, training=True) if p and training else h
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -352,8 +358,7 @@ class Block(nn.Module):
         self.dropout = cfg.dropout
 
     def drop(self, y: Tensor) -> Tensor:
-        """Residual dropout (Vaswani et al., 2017, sec. 5.4): the identity unless training with dropout > 0."""
-        return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
+        return dropout(y, self.dropout, self.training)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool,
                 temb: Tensor | None, past: Callable | None = None) -> Tensor:
@@ -477,8 +482,7 @@ class Transformer(nn.Module):
             h = self.input_proj(x_t)  # (B, L, D)
         else:
             h = self.embed(x_t)  # (B, L, D)
-        if cfg.dropout and self.training:
-            h = F.dropout(h, cfg.dropout, training=True)  # (B, L, D)
+        h = dropout(h, cfg.dropout, self.training)  # (B, L, D)
         for i, block in enumerate(self.blocks):
             past = None if cache is None else functools.partial(cache.join, i)
             h = block(h, cos, sin, mask, causal, temb, past)
