@@ -240,6 +240,27 @@ def test_factor_rule_counts_the_largest_prefix():
     assert factor_counts(scores, candidates, 1.0).tolist() == [2, 1]
 
 
+def test_commits_are_each_rows_own_topk_ties_included():
+    """Rows grouped by their count into batched topk calls pick what one topk per row (LLaDA's loop)
+    picks, also where scores tie (a sort would break those ties another way)."""
+    from dlm.sampling.confidence import select_commits
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (6, 40), generator=g).double() / 3  # many exact ties
+    open_positions = torch.rand(6, 40, generator=g) < 0.7
+    k_rows = torch.tensor([0, 3, 3, 7, 40, 1])  # 40: more than a row has open -> all of them
+    changed = select_commits(scores, open_positions, k_rows)
+    for row in range(6):
+        candidates = torch.where(open_positions[row], scores[row], float("-inf"))
+        k = min(int(k_rows[row]), int(open_positions[row].sum()))
+        expected = torch.zeros(40, dtype=torch.bool)
+        expected[candidates.topk(k).indices] = True
+        assert torch.equal(changed[row], expected), row
+    # a threshold adds every open position surer than it, however small the row's budget
+    sure = select_commits(scores, open_positions, torch.zeros(6, dtype=torch.long), threshold=0.5)
+    assert torch.equal(sure, open_positions & (scores > 0.5))
+
+
 @pytest.mark.parametrize("rule", ["prob", "margin", "entropy", "random"])
 def test_threshold_decoding_trades_forward_passes_for_parallelism(tokenizer, process, model, rule):
     canvas = Canvas.for_generation([tokenizer.encode("To be")] * 2, 16, fill_id=tokenizer.mask_id,

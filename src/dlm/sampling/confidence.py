@@ -115,9 +115,13 @@ def select_commits(confidence: Tensor, open_positions: Tensor, k_rows: Tensor, *
         k_rows = torch.maximum(k_rows, factor_counts(confidence, open_positions, factor))
     k_rows = torch.minimum(k_rows, open_positions.sum(1))
     changed = torch.zeros_like(open_positions)
-    for row, k in enumerate(k_rows.tolist()):  # per row, as LLaDA does, so that ties break the same
-        if k:  # way; the counts come to the host once per step, not once per row
-            changed[row, candidates[row].topk(k).indices] = True
+    # Rows that commit the same count share one batched topk, which picks per row what LLaDA's loop of
+    # one topk per row picks, ties included (a sort would break ties otherwise). Aligned canvases under
+    # a step budget have one count, so one call; the counts come to the host once per step.
+    for k in k_rows.unique().tolist():
+        if k:
+            rows = (k_rows == k).nonzero()[:, 0]  # (R,)
+            changed[rows[:, None], candidates[rows].topk(k, dim=-1).indices] = True  # (R, k) set
     return changed
 
 
