@@ -37,8 +37,8 @@ def measure_bandwidth(device: torch.device, mib: int = 256, seconds: float = 1.0
 def main(argv=None) -> int:
     from dlm.evaluation.bench import machine
     from dlm.evaluation.report import write_roofline
-    from dlm.evaluation.roofline import STEPS, Hardware, Shape, hardware_dtype, measure
-    from dlm.training.performance import tune_allocator
+    from dlm.evaluation.roofline import STEPS, Hardware, Shape, measure
+    from dlm.training.performance import resolve_dtype, tune_allocator
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", nargs="+", default=["tiny", "small", "base"])
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     tune_allocator()
     log = lambda message: print(f"[roofline] {message}", file=sys.stderr, flush=True)  # noqa: E731
     started = time.perf_counter()
-    dtype = hardware_dtype(device)
+    dtype = resolve_dtype("auto", device)
     peak = measure_peak(dtype, device, shapes=SQUARE_SHAPES[:2] + TRANSFORMER_SHAPES,
                         seconds=args.peak_seconds) * 1e9
     bandwidth = measure_bandwidth(device, seconds=args.peak_seconds)

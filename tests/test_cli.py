@@ -77,6 +77,24 @@ def test_generate_without_json_prints_text(run_dir, capsys):
     assert out.startswith("To") and "forward passes" in err
 
 
+@pytest.mark.parametrize("bf16_units", [False, True])
+def test_dtype_auto_follows_the_hardware(run_dir, monkeypatch, bf16_units):
+    import argparse
+
+    import torch
+
+    from dlm.cli import load_from_args
+    from dlm.errors import DlmError
+    from dlm.training import performance
+
+    monkeypatch.setattr(performance, "bf16_is_fast", lambda device: bf16_units)
+    args = argparse.Namespace(checkpoint=str(run_dir), device="cpu", dtype="auto")
+    weights = load_from_args(args).model.embed.weight
+    assert weights.dtype == (torch.bfloat16 if bf16_units else torch.float32)
+    with pytest.raises(DlmError, match="dtype must be one of float32, bfloat16, float16, auto"):
+        performance.resolve_dtype("fp8", torch.device("cpu"))
+
+
 def test_infill_json_keeps_the_text(run_dir, capsys):
     payload = run_json(capsys, ["infill", str(run_dir), "--text", "To be, <fill:4> not to be", "--steps", "4"])
     assert {"text", "nfe", "seconds"} <= set(payload)

@@ -16,7 +16,8 @@ from dlm import __version__
 from dlm.errors import DlmError
 
 COMMANDS = ("train", "distill", "eval", "generate", "infill", "bench", "demo", "serve", "lm-eval")
-DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes that --dtype names
+DTYPES = ("float32", "bfloat16", "float16", "auto")  # what --dtype takes (performance.WEIGHT_DTYPES, kept
+# here too so that building the parser does not import torch)
 
 
 def positive_int(text: str) -> int:
@@ -62,7 +63,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=positive_int, default=1)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
-                   help="weights' precision (default float32; bfloat16 halves the memory of a large model)")
+                   help="weights' precision (default float32, exact; bfloat16 halves the memory of a large model; "
+                        "auto: bfloat16 where the CPU or GPU has bf16 matrix units, else float32)")
     p.add_argument("--no-live", action="store_true", help="do not draw the denoising on the terminal")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
@@ -178,12 +180,11 @@ def cache_home():
 
 def load_from_args(args: argparse.Namespace):
     """The checkpoint (or LLaDA/Dream folder) named by DIR, on --device, its weights in --dtype."""
-    import torch
-
     from dlm.training.checkpoint import load_checkpoint
-    from dlm.training.performance import resolve_device
+    from dlm.training.performance import resolve_device, resolve_dtype
 
-    return load_checkpoint(args.checkpoint, device=resolve_device(args.device), dtype=getattr(torch, args.dtype))
+    device = resolve_device(args.device)
+    return load_checkpoint(args.checkpoint, device=device, dtype=resolve_dtype(args.dtype, device))
 
 
 def emit_json(payload: dict) -> None:

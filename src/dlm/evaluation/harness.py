@@ -65,13 +65,12 @@ from dlm.sampling.editing import cut_at_stop
 from dlm.sampling.registry import greedy_sampler
 from dlm.sampling.run import SamplerRequest, run_sampler
 from dlm.training.checkpoint import Checkpoint, load_checkpoint
-from dlm.training.performance import resolve_device
+from dlm.training.performance import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
 TASKS = Path(__file__).resolve().parent / "tasks"  # the bundled local tasks (dlm_shakespeare_*)
 DEFAULT_GEN_TOKS = 256  # lm_eval's default max_gen_toks
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def windows(num_context: int, num_total: int, window: int) -> list[tuple[int, int, int]]:
@@ -133,9 +132,7 @@ class DlmLM(LM):
             log.warning("dlm: no CUDA GPU is available; evaluating on the CPU")  # lm_eval's default device is cuda
             device = "cpu"
         self._device = resolve_device(device)
-        if dtype not in DTYPES:
-            raise DlmError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        self.dtype = DTYPES[dtype]  # of the weights, as `dlm generate --dtype` (an 8B model in bf16: 16 GB)
+        self.dtype = resolve_dtype(dtype, self._device)  # of the weights, as `dlm generate --dtype` (an 8B model in bf16: 16 GB)
         if isinstance(pretrained, Checkpoint):
             self.ckpt = pretrained
             self.ckpt.model.to(self._device, **({} if self.dtype == torch.float32 else {"dtype": self.dtype}))

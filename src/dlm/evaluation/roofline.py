@@ -47,7 +47,7 @@ from dlm.processes import PROCESSES
 from dlm.sampling import SAMPLERS
 from dlm.sampling.canvas import Canvas
 from dlm.training.optim import build_optimizer
-from dlm.training.performance import autocast, bf16_is_fast, compile_blocks
+from dlm.training.performance import autocast, compile_blocks, resolve_dtype, resolve_precision
 
 STEPS = ("ar_decode", "masked_dual_cache", "masked_full", "block_cached", "train")
 VOCAB = 96  # about the character vocabulary of the bundled corpora; weights and tokens are random
@@ -115,10 +115,6 @@ class Hardware:
     peak_flops: float  # matrix-product FLOP/s in the steps' precision
     bandwidth: float  # bytes/s, read + write, of a large copy
     dtype: torch.dtype  # the precision decoding runs in
-
-
-def hardware_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if bf16_is_fast(device) else torch.float32
 
 
 def pass_limit(model: Transformer, p: Pass, hw: Hardware) -> float:
@@ -190,7 +186,7 @@ def build(preset: str, process_name: str, shape: Shape, device: torch.device, **
     torch.manual_seed(0)
     cfg = preset_config(preset, vocab_size=VOCAB, max_len=shape.prompt + shape.generate + 1,
                         **process.model_options())
-    model = Transformer(cfg).to(device=device, dtype=hardware_dtype(device)).eval()
+    model = Transformer(cfg).to(device=device, dtype=resolve_dtype("auto", device)).eval()
     return model, process
 
 
@@ -251,7 +247,7 @@ def train_seconds(preset: str, batch: int, shape: Shape, device: torch.device, *
     """Median seconds of a masked-diffusion optimizer step as the training loop takes it (autocast
     in the hardware's precision, backward, clipping, the default optimizer), on random tokens."""
     model, process, optimizer = trainer(preset, shape, device, compile)
-    precision = "bf16" if bf16_is_fast(device) else "fp32"
+    precision = resolve_precision("auto", device)
     data = torch.Generator().manual_seed(0)
     noise = torch.Generator(device=device).manual_seed(1)
     model.train()

@@ -53,6 +53,19 @@ def bf16_is_fast(device: torch.device) -> bool:
     return False
 
 
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16", "auto")  # what --dtype takes
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The weights' dtype that `--dtype NAME` asks for: a torch dtype by name, or "auto": bfloat16 where
+    the hardware has bf16 matrix units (bf16_is_fast), else float32 (emulated bf16 is ~150x slower)."""
+    if name not in WEIGHT_DTYPES:
+        raise DlmError(f"dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {name!r}")
+    if name == "auto":
+        return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+    return getattr(torch, name)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if bf16_is_fast(device) else "fp32"
