@@ -126,12 +126,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        """x / sqrt(mean(x^2) + eps) * w (Zhang & Sennrich, 2019, eq. 4), in float32; (..., D) -> (..., D).
-        Written out: the same values as F.rms_norm bit for bit in float32, and its forward is about 4x
-        faster on CPU at (8, 256, 384) (PyTorch 2.13; equal forward + backward)."""
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)  # (..., D)
-        return (h * self.weight).to(x.dtype)
+        """x / sqrt(mean(x^2) + eps) * w (Zhang & Sennrich, 2019, eq. 4); (..., D) -> (..., D)."""
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
