@@ -83,7 +83,7 @@ def test_dtype_auto_follows_the_hardware(run_dir, monkeypatch, bf16_units):
 
     import torch
 
-    from dlm.cli import load_from_args
+    from dlm.cli import DTYPES, load_from_args
     from dlm.errors import DlmError
     from dlm.training import performance
 
@@ -91,6 +91,7 @@ def test_dtype_auto_follows_the_hardware(run_dir, monkeypatch, bf16_units):
     args = argparse.Namespace(checkpoint=str(run_dir), device="cpu", dtype="auto")
     weights = load_from_args(args).model.embed.weight
     assert weights.dtype == (torch.bfloat16 if bf16_units else torch.float32)
+    assert DTYPES == performance.WEIGHT_DTYPES  # the parser's copy, kept so that it need not import torch
     with pytest.raises(DlmError, match="dtype must be one of float32, bfloat16, float16, auto"):
         performance.resolve_dtype("fp8", torch.device("cpu"))
 

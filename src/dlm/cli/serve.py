@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-name", default=None, help="the id clients pass as `model` (default: the folder's name)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights' precision (default float32; auto: bfloat16 where the hardware has bf16 matrix units)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="weights' precision (default float32; auto: bfloat16 where the hardware has bf16 matrix units)")
     p.add_argument("--max-tokens", type=positive_int, default=d.max_tokens, help="most tokens per sample")
     p.add_argument("--max-rows", type=positive_int, default=d.max_rows,
                    help="most samples (prompts x n) per request, and per batched forward pass")

@@ -132,7 +132,7 @@ class DlmLM(LM):
             log.warning("dlm: no CUDA GPU is available; evaluating on the CPU")  # lm_eval's default device is cuda
             device = "cpu"
         self._device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self._device)  # of the weights, as `dlm generate --dtype` (an 8B model in bf16: 16 GB)
+        self.dtype = resolve_dtype(dtype, self._device)  # of the weights, as `dlm generate --dtype` (8B in bf16: 16 GB)
         if isinstance(pretrained, Checkpoint):
             self.ckpt = pretrained
             self.ckpt.model.to(self._device, **({} if self.dtype == torch.float32 else {"dtype": self.dtype}))
