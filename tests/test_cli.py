@@ -53,10 +53,15 @@ def test_train_json(tmp_path, capsys):
     assert payload["checkpoint"].endswith("checkpoint-000002")
 
 
-def test_eval_json(run_dir, capsys):
+def test_eval_json(run_dir, capsys, monkeypatch):
+    from dlm.training import performance
+
+    tuned = []
+    monkeypatch.setattr(performance, "tune_allocator", lambda: tuned.append(True))
     payload = run_json(capsys, ["eval", str(run_dir), "--chunks", "4", "--samples", "2"])
     assert {"bits_per_char", "bits_per_token", "stderr"} <= set(payload)
     assert payload["bits_per_char"] > 0 and payload["stderr"] > 0 and payload["num_chunks"] == 4
+    assert tuned == [True], "every command tunes the allocator before it runs"
 
 
 @pytest.mark.parametrize("sampler", ["confidence", "ancestral"])

@@ -203,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from importlib import import_module
 
+        from dlm.training.performance import tune_allocator
+
+        # Every command: with glibc's defaults each large activation is page-faulted in again at every
+        # call (measured: `dlm eval` of a tiny model, 54 s -> 40 s, 15 s -> 0.5 s of system time).
+        tune_allocator()
         module = {"train": "train", "distill": "distill", "eval": "evaluate", "generate": "sample", "infill": "sample",
                   "bench": "bench", "demo": "demo", "serve": "serve", "lm-eval": "lm_eval"}[args.command]
         return import_module(f"dlm.cli.{module}").run(args) or 0
