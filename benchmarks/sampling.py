@@ -38,6 +38,7 @@ from dlm.evaluation.quality import Judges  # noqa: E402
 
 from dlm.sampling import Canvas, sample_autoregressive, sample_confidence  # noqa: E402
 from dlm.training import load_checkpoint  # noqa: E402
+from dlm.training.performance import tune_allocator  # noqa: E402
 
 THRESHOLDS = (0.99, 0.9, 0.8, 0.7, 0.5)
 FIXED_K = (1, 2, 4, 8)
@@ -81,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--plot", default=None, help="write the quality/parallelism plot here (PNG)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    tune_allocator()  # as every `dlm` command does, so the figures are what `dlm generate` gets
     if args.threads:
         torch.set_num_threads(args.threads)
     if Path(args.judge).expanduser().resolve() in {Path(p).expanduser().resolve() for p in (args.ar, args.model)}:

@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="with --mix and --model: the engine slots compared to 1")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
+    from dlm.training.performance import tune_allocator
+
+    tune_allocator()  # the servers started here run in this process, and `dlm serve` tunes it
     if args.mix is not None:
         return main_mix(args)
     body = {"max_tokens": args.max_tokens, "steps": args.steps}
