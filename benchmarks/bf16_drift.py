@@ -55,11 +55,12 @@ def drift(folder: str, kind: str, *, prompts: int, length: int) -> list[dict]:
     from dlm.sampling.canvas import Canvas
     from dlm.training.checkpoint import load_checkpoint
 
-    tokens = {}
+    tokens, rows = {}, None
     for dtype in (torch.float32, torch.bfloat16):
         ckpt = load_checkpoint(folder, dtype=dtype)
         tok = ckpt.tokenizer
-        rows = prompts_from_corpus(tok, prompts)
+        if rows is None:  # the same prompts for both precisions, the corpus read once
+            rows = prompts_from_corpus(tok, prompts)
         for label, sampler, knobs in SETTINGS[kind]:
             canvas = Canvas.for_generation(rows, length, fill_id=tok.mask_id, pad_id=tok.pad_id)
             out = SAMPLERS[sampler](ckpt.model.eval(), ckpt.process, canvas, steps=length, temperature=0.0,
